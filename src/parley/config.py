@@ -1,0 +1,191 @@
+"""One configuration model, read from a TOML file, then the environment, then CLI flags.
+
+Later sources win: ``file < environment < flags``. Environment variables are
+``PARLEY_<SECTION>_<FIELD>`` (``PARLEY_LLM_BASE_URL``, ``PARLEY_TTS_VOICE``); values are parsed
+as JSON when they parse (numbers, booleans, objects) and taken as strings otherwise. CLI flags
+come as dotted paths (``--set llm.model=llama3``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from parley.errors import ConfigError
+
+__all__ = [
+    "ASRSettings",
+    "LLMSettings",
+    "PipelineSettings",
+    "Settings",
+    "TTSSettings",
+    "TurnDetectionSettings",
+    "VADSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "PARLEY_"
+# Fields whose environment values are taken verbatim, never parsed as JSON.
+_STRING_FIELDS = frozenset(
+    {"api_key", "base_url", "model", "voice", "engine", "language", "knowledge", "instructions"}
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VADSettings(_Section):
+    engine: str = "silero"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TurnDetectionSettings(_Section):
+    """OpenAI ``server_vad`` semantics; ``type`` none means the caller ends turns itself."""
+
+    type: Literal["server_vad", "none"] = "server_vad"
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(300, ge=0, le=5000)
+    silence_duration_ms: int = Field(500, ge=0, le=10000)
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+class ASRSettings(_Section):
+    engine: str = "pocketsphinx"
+    language: str = "en"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLMSettings(_Section):
+    """``auto`` picks ``openai`` when ``base_url`` is set, else the offline ``faq`` engine."""
+
+    engine: str = "auto"
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str = "gpt-4o-mini"
+    knowledge: Path | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def resolved_engine(self) -> str:
+        if self.engine != "auto":
+            return self.engine
+        return "openai" if self.base_url else "faq"
+
+
+class TTSSettings(_Section):
+    engine: str = "espeak"
+    voice: str | None = None
+    speed: float = Field(1.0, gt=0.2, le=4.0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineSettings(_Section):
+    instructions: str = (
+        "You are parley, a helpful voice assistant. Answer briefly, in plain spoken sentences."
+    )
+    # Beyond this many (estimated) tokens the oldest turns are dropped from the prompt.
+    history_tokens: int = Field(2000, ge=64)
+    # Longest text parley will speak in one request (CLI ``say``, REST speech).
+    max_speech_chars: int = Field(4096, ge=1)
+    output_sample_rate: int = 24000
+
+
+class Settings(_Section):
+    vad: VADSettings = Field(default_factory=VADSettings)
+    turn_detection: TurnDetectionSettings = Field(default_factory=TurnDetectionSettings)
+    asr: ASRSettings = Field(default_factory=ASRSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    tts: TTSSettings = Field(default_factory=TTSSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    log_level: str = "INFO"
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"setting {'.'.join(path)}: {key} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:
+    sections = {
+        name for name, f in Settings.model_fields.items() if f.annotation not in (str, None)
+    }
+    tree: dict[str, Any] = {}
+    # Longest section names first so that e.g. TURN_DETECTION wins over a shorter prefix.
+    ordered = sorted(sections, key=len, reverse=True)
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        for section in ordered:
+            if rest.startswith(section + "_"):
+                field_name = rest[len(section) + 1 :]
+                value = raw if field_name in _STRING_FIELDS else _parse_value(raw)
+                _set_path(tree, [section, field_name], value)
+                break
+        else:
+            if rest == "log_level":
+                tree["log_level"] = raw
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a TOML file, the environment and dotted overrides.
+
+    Raises :class:`ConfigError` with one readable line for an unreadable file or a bad value.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    tree = _merge(tree, _env_tree(os.environ if env is None else env))
+    for dotted, value in (overrides or {}).items():
+        parsed = _parse_value(value) if isinstance(value, str) else value
+        _set_path(tree, dotted.split("."), parsed)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {where}: {first['msg']}", param=where) from exc

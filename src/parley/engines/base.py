@@ -1,0 +1,255 @@
+"""The engine Protocols and the plain data that flows through them.
+
+Four kinds of engine, each a Protocol of at most three members, async iterators in and out:
+
+- :class:`VAD`: a frame of audio -> speech probabilities, per session stream.
+- :class:`ASR`: audio frames in -> partial transcripts while they arrive, a final one at the end.
+- :class:`LLM`: a chat request -> text deltas, tool-call deltas, usage and a finish reason.
+- :class:`TTS`: text -> PCM frames as they are synthesised.
+
+Engines own their models; they never see sockets, sessions or wire events. An engine that does
+CPU-heavy work runs it off the event loop (``asyncio.to_thread`` or its own executor) so one
+session's compute never stalls another's I/O. Cancellation: closing an engine's async iterator
+(``aclose()``, or cancelling the task that drives it) must stop its work within one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from parley.audio.frames import Frame
+
+__all__ = [
+    "ASR",
+    "LLM",
+    "TTS",
+    "VAD",
+    "ChatRequest",
+    "ContentPart",
+    "Finish",
+    "ImagePart",
+    "LLMEvent",
+    "Message",
+    "SpeechOptions",
+    "TextDelta",
+    "TextPart",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolSpec",
+    "Transcript",
+    "Usage",
+    "VADStream",
+    "Voice",
+    "Word",
+]
+
+
+# --- ASR -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """A recognised word and where it lies in the utterance (seconds from its first sample)."""
+
+    text: str
+    start_s: float
+    end_s: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A hypothesis: partial (``is_final`` false) while audio arrives, then one final."""
+
+    text: str
+    is_final: bool
+    words: tuple[Word, ...] = ()
+    language: str | None = None
+
+
+# --- LLM -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image as a URL; parley passes ``data:`` URLs for images sent over the wire."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message. ``content`` is plain text or a tuple of parts (text and images)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | tuple[ContentPart, ...] = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined; images are left out."""
+        if isinstance(self.content, str):
+            return self.content
+        return " ".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.content, str) and any(
+            isinstance(p, ImagePart) for p in self.content
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    # "auto" | "none" | "required" | a function name to force.
+    tool_choice: str = "auto"
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call; ``id`` and ``name`` come with the first piece of each ``index``."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+LLMEvent = TextDelta | ToolCallDelta | Usage | Finish
+
+
+# --- TTS -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    id: str
+    name: str
+    language: str
+    gender: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechOptions:
+    """How to speak: ``voice`` None means the engine's default; ``speed`` 1.0 is normal."""
+
+    voice: str | None = None
+    language: str | None = None
+    speed: float = 1.0
+    sample_rate: int = 24000
+
+
+# --- Protocols -------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VADStream(Protocol):
+    """One session's voice activity state (recurrent models keep state across windows)."""
+
+    @property
+    def window_samples(self) -> int:
+        """Samples per scored window at the engine's ``sample_rate``."""
+        ...
+
+    async def probabilities(self, frame: Frame) -> list[float]:
+        """Speech probability of each window completed by ``frame``; leftovers are kept."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+@runtime_checkable
+class VAD(Protocol):
+    name: str
+    sample_rate: int
+
+    def open_stream(self) -> VADStream: ...
+
+
+@runtime_checkable
+class ASR(Protocol):
+    name: str
+    sample_rate: int
+
+    def stream(
+        self, audio: AsyncIterable[Frame], *, language: str | None = None
+    ) -> AsyncIterator[Transcript]:
+        """Partials while ``audio`` flows (when the hypothesis changes); one final at its end."""
+        ...
+
+    async def transcribe(self, audio: Frame, *, language: str | None = None) -> Transcript:
+        """A whole recording at once; returns the final transcript."""
+        ...
+
+
+@runtime_checkable
+class LLM(Protocol):
+    name: str
+    supports_vision: bool
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
+        """Deltas as generated; ``Usage`` and ``Finish`` come last."""
+        ...
+
+
+@runtime_checkable
+class TTS(Protocol):
+    name: str
+
+    def voices(self) -> Sequence[Voice]: ...
+
+    def synthesize(self, text: str, options: SpeechOptions) -> AsyncIterator[Frame]:
+        """Frames at ``options.sample_rate`` as they are synthesised."""
+        ...

@@ -1,0 +1,122 @@
+"""Builds named engine instances from configuration.
+
+Each kind keeps a table of builders keyed by the name used in config (``[asr] engine =
+"pocketsphinx"``). Builders import their engine module lazily, so a deployment pays only for
+the engines it names. Third-party engines join with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from parley.config import ASRSettings, LLMSettings, Settings, TTSSettings, VADSettings
+from parley.engines.base import ASR, LLM, TTS, VAD
+from parley.errors import ConfigError
+
+__all__ = ["Engines", "build_asr", "build_engines", "build_llm", "build_tts", "build_vad",
+           "names", "register"]
+
+Kind = Literal["vad", "asr", "llm", "tts"]
+
+
+def _silero(s: VADSettings) -> VAD:
+    from parley.engines.silero import SileroVAD
+
+    return SileroVAD(**s.options)
+
+
+def _pocketsphinx(s: ASRSettings) -> ASR:
+    from parley.engines.pocketsphinx import PocketsphinxASR
+
+    return PocketsphinxASR(language=s.language, **s.options)
+
+
+def _openai(s: LLMSettings) -> LLM:
+    from parley.engines.openai_llm import OpenAILLM
+
+    if not s.base_url:
+        raise ConfigError("llm engine 'openai' needs llm.base_url (PARLEY_LLM_BASE_URL)",
+                          param="llm.base_url")
+    return OpenAILLM(base_url=s.base_url, api_key=s.api_key, model=s.model,
+                     temperature=s.temperature, max_tokens=s.max_output_tokens,
+                     timeout_s=s.timeout_s, **s.options)
+
+
+def _faq(s: LLMSettings) -> LLM:
+    from parley.engines.faq import FAQLLM
+
+    return FAQLLM(knowledge=s.knowledge, **s.options)
+
+
+def _espeak(s: TTSSettings) -> TTS:
+    from parley.engines.espeak import EspeakTTS
+
+    return EspeakTTS(default_voice=s.voice, **s.options)
+
+
+_BUILDERS: dict[Kind, dict[str, Callable[[Any], Any]]] = {
+    "vad": {"silero": _silero},
+    "asr": {"pocketsphinx": _pocketsphinx},
+    "llm": {"openai": _openai, "faq": _faq},
+    "tts": {"espeak": _espeak},
+}
+
+
+def register(kind: Kind, name: str, builder: Callable[[Any], Any]) -> None:
+    """Make ``name`` usable as ``[<kind>] engine = name``; ``builder`` gets the settings section."""
+    _BUILDERS[kind][name] = builder
+
+
+def names(kind: Kind) -> list[str]:
+    return sorted(_BUILDERS[kind])
+
+
+def _build(kind: Kind, name: str, section: Any) -> Any:
+    builder = _BUILDERS[kind].get(name)
+    if builder is None:
+        raise ConfigError(
+            f"unknown {kind} engine {name!r}; known: {', '.join(names(kind))}",
+            param=f"{kind}.engine",
+        )
+    return builder(section)
+
+
+def build_vad(s: VADSettings) -> VAD:
+    engine: VAD = _build("vad", s.engine, s)
+    return engine
+
+
+def build_asr(s: ASRSettings) -> ASR:
+    engine: ASR = _build("asr", s.engine, s)
+    return engine
+
+
+def build_llm(s: LLMSettings) -> LLM:
+    engine: LLM = _build("llm", s.resolved_engine, s)
+    return engine
+
+
+def build_tts(s: TTSSettings) -> TTS:
+    engine: TTS = _build("tts", s.engine, s)
+    return engine
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The engines one parley process serves with; shared by all sessions."""
+
+    vad: VAD
+    asr: ASR
+    llm: LLM
+    tts: TTS
+
+
+def build_engines(settings: Settings) -> Engines:
+    return Engines(
+        vad=build_vad(settings.vad),
+        asr=build_asr(settings.asr),
+        llm=build_llm(settings.llm),
+        tts=build_tts(settings.tts),
+    )
