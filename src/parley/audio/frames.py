@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Frame", "PCM16", "Float32", "float32_to_int16", "int16_to_float32"]
+__all__ = ["PCM16", "Float32", "Frame", "float32_to_int16", "int16_to_float32"]
 
 PCM16 = npt.NDArray[np.int16]
 Float32 = npt.NDArray[np.float32]
@@ -48,7 +48,7 @@ class Frame:
 
     @classmethod
     def silence(cls, duration_ms: float, sample_rate: int) -> Frame:
-        return cls(np.zeros(int(round(duration_ms * sample_rate / 1000)), np.int16), sample_rate)
+        return cls(np.zeros(round(duration_ms * sample_rate / 1000), np.int16), sample_rate)
 
 
 def int16_to_float32(samples: PCM16) -> Float32:

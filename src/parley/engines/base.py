@@ -1,6 +1,7 @@
 """The engine Protocols and the plain data that flows through them.
 
-Four kinds of engine, each a Protocol of at most three members, async iterators in and out:
+Four kinds of engine, each a Protocol of at most three members, async iterators in and out
+(async generators, so that a consumer can ``aclose()`` them):
 
 - :class:`VAD`: a frame of audio -> speech probabilities, per session stream.
 - :class:`ASR`: audio frames in -> partial transcripts while they arrive, a final one at the end.
@@ -15,7 +16,7 @@ session's compute never stalls another's I/O. Cancellation: closing an engine's 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -225,7 +226,7 @@ class ASR(Protocol):
 
     def stream(
         self, audio: AsyncIterable[Frame], *, language: str | None = None
-    ) -> AsyncIterator[Transcript]:
+    ) -> AsyncGenerator[Transcript, None]:
         """Partials while ``audio`` flows (when the hypothesis changes); one final at its end."""
         ...
 
@@ -239,7 +240,7 @@ class LLM(Protocol):
     name: str
     supports_vision: bool
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[LLMEvent, None]:
         """Deltas as generated; ``Usage`` and ``Finish`` come last."""
         ...
 
@@ -250,6 +251,6 @@ class TTS(Protocol):
 
     def voices(self) -> Sequence[Voice]: ...
 
-    def synthesize(self, text: str, options: SpeechOptions) -> AsyncIterator[Frame]:
+    def synthesize(self, text: str, options: SpeechOptions) -> AsyncGenerator[Frame, None]:
         """Frames at ``options.sample_rate`` as they are synthesised."""
         ...

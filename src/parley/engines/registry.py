@@ -15,8 +15,16 @@ from parley.config import ASRSettings, LLMSettings, Settings, TTSSettings, VADSe
 from parley.engines.base import ASR, LLM, TTS, VAD
 from parley.errors import ConfigError
 
-__all__ = ["Engines", "build_asr", "build_engines", "build_llm", "build_tts", "build_vad",
-           "names", "register"]
+__all__ = [
+    "Engines",
+    "build_asr",
+    "build_engines",
+    "build_llm",
+    "build_tts",
+    "build_vad",
+    "names",
+    "register",
+]
 
 Kind = Literal["vad", "asr", "llm", "tts"]
 
@@ -37,11 +45,18 @@ def _openai(s: LLMSettings) -> LLM:
     from parley.engines.openai_llm import OpenAILLM
 
     if not s.base_url:
-        raise ConfigError("llm engine 'openai' needs llm.base_url (PARLEY_LLM_BASE_URL)",
-                          param="llm.base_url")
-    return OpenAILLM(base_url=s.base_url, api_key=s.api_key, model=s.model,
-                     temperature=s.temperature, max_tokens=s.max_output_tokens,
-                     timeout_s=s.timeout_s, **s.options)
+        raise ConfigError(
+            "llm engine 'openai' needs llm.base_url (PARLEY_LLM_BASE_URL)", param="llm.base_url"
+        )
+    return OpenAILLM(
+        base_url=s.base_url,
+        api_key=s.api_key,
+        model=s.model,
+        temperature=s.temperature,
+        max_tokens=s.max_output_tokens,
+        timeout_s=s.timeout_s,
+        **s.options,
+    )
 
 
 def _faq(s: LLMSettings) -> LLM:

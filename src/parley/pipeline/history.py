@@ -1,0 +1,124 @@
+"""The conversation's items and the slice of them that fits the model's context budget.
+
+Items keep their ids so the Realtime layer can retrieve, truncate and delete them. Beyond
+``budget_tokens`` the oldest items are left out of the prompt (not deleted: the client still
+sees them), so a long call's per-turn cost stays bounded. A tool call and its output are dropped
+together: a model must never see an output without its call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, replace
+
+from parley.engines.base import ImagePart, Message
+
+__all__ = ["History", "Item", "estimate_tokens", "new_id"]
+
+_counter = itertools.count(1)
+# An image costs roughly this many tokens at low detail in OpenAI's accounting.
+_IMAGE_TOKENS = 85
+_MESSAGE_OVERHEAD = 4
+
+
+def new_id(prefix: str) -> str:
+    """Short unique ids (``item_000001a``): process-unique, ordered, cheap."""
+    return f"{prefix}_{next(_counter):06d}{id(_counter) % 997:03x}"
+
+
+def estimate_tokens(message: Message) -> int:
+    """~4 characters per token, as OpenAI's rule of thumb; exact counts come from the engine."""
+    images = (
+        0
+        if isinstance(message.content, str)
+        else sum(isinstance(p, ImagePart) for p in message.content)
+    )
+    chars = len(message.text) + sum(len(c.arguments) + len(c.name) for c in message.tool_calls)
+    return _MESSAGE_OVERHEAD + math.ceil(chars / 4) + images * _IMAGE_TOKENS
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: str
+    message: Message
+
+
+class History:
+    __slots__ = ("_items", "budget_tokens")
+
+    def __init__(self, budget_tokens: int = 2000) -> None:
+        self.budget_tokens = budget_tokens
+        self._items: list[Item] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        return tuple(self._items)
+
+    def add(
+        self, message: Message, *, item_id: str | None = None, after: str | None = None
+    ) -> Item:
+        """Append (or insert after ``after``) a message; returns its item."""
+        item = Item(item_id or new_id("item"), message)
+        if after is None:
+            self._items.append(item)
+        else:
+            self._items.insert(self._index(after) + 1, item)
+        return item
+
+    def get(self, item_id: str) -> Item | None:
+        return next((i for i in self._items if i.id == item_id), None)
+
+    def delete(self, item_id: str) -> bool:
+        before = len(self._items)
+        self._items = [i for i in self._items if i.id != item_id]
+        return len(self._items) != before
+
+    def replace_text(self, item_id: str, text: str) -> Item:
+        """Set an item's text (used to truncate an assistant reply to what was heard)."""
+        idx = self._index(item_id)
+        item = self._items[idx]
+        self._items[idx] = Item(item.id, replace(item.message, content=text))
+        return self._items[idx]
+
+    def prompt(self, instructions: str | None) -> tuple[Message, ...]:
+        """The newest items that fit the budget, after the system instructions."""
+        system = (Message("system", instructions),) if instructions else ()
+        budget = self.budget_tokens - sum(estimate_tokens(m) for m in system)
+        kept: list[Message] = []
+        used = 0
+        groups = self._groups()
+        for group in reversed(groups):
+            cost = sum(estimate_tokens(m) for m in group)
+            # The newest group always goes in, even alone over budget: a reply needs a question.
+            if kept and used + cost > budget:
+                break
+            kept[:0] = group
+            used += cost
+        return system + tuple(kept)
+
+    def _groups(self) -> list[list[Message]]:
+        """Items grouped so that tool outputs stay with the call that asked for them."""
+        groups: list[list[Message]] = []
+        for item in self._items:
+            msg = item.message
+            if not msg.text and not msg.tool_calls and not msg.has_images:
+                continue  # an empty turn (a cough, a reply cut before a word was heard)
+            if (
+                msg.role == "tool"
+                and groups
+                and (groups[-1][0].tool_calls or groups[-1][-1].role == "tool")
+            ):
+                groups[-1].append(msg)
+            else:
+                groups.append([msg])
+        return groups
+
+    def _index(self, item_id: str) -> int:
+        for idx, item in enumerate(self._items):
+            if item.id == item_id:
+                return idx
+        raise KeyError(item_id)
