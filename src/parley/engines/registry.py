@@ -135,3 +135,18 @@ def build_engines(settings: Settings) -> Engines:
         llm=build_llm(settings.llm),
         tts=build_tts(settings.tts),
     )
+
+
+async def warm_up(engines: Engines) -> None:
+    """Load models and run each local engine once, so the first turn's latency is honest.
+
+    The LLM is not called: it may be a remote service that bills per request.
+    """
+    from parley.audio.frames import Frame
+    from parley.engines.base import SpeechOptions
+
+    stream = engines.vad.open_stream()
+    await stream.probabilities(Frame.silence(64, engines.vad.sample_rate))
+    await engines.asr.transcribe(Frame.silence(200, engines.asr.sample_rate))
+    async for _ in engines.tts.synthesize("Ready.", SpeechOptions()):
+        pass

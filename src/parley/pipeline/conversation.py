@@ -87,6 +87,8 @@ class _Turn:
     timeline: TurnTimeline
     samples: int = 0
     task: asyncio.Task[None] | None = None
+    # Set while the recogniser waits for audio with nothing queued: it has caught up.
+    caught_up: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True, eq=False)
@@ -236,8 +238,7 @@ class Pipeline:
     def _feed_turn(self, audio: PCM16) -> bool:
         if self._turn is None:
             return False
-        self._turn.audio.put_nowait(audio)
-        self._turn.samples += len(audio)
+        self._feed_turn_to(self._turn, audio)
         return True
 
     def _remember_prefix(self, audio: PCM16) -> None:
@@ -296,6 +297,7 @@ class Pipeline:
 
     @staticmethod
     def _feed_turn_to(turn: _Turn, audio: PCM16) -> None:
+        turn.caught_up.clear()
         turn.audio.put_nowait(audio)
         turn.samples += len(audio)
 
@@ -312,8 +314,17 @@ class Pipeline:
         await self.settle()
 
     async def settle(self) -> None:
-        """Wait until closed turns are recognised and their responses generated."""
-        await asyncio.sleep(0)  # let an open turn's recogniser take what was pushed
+        """Wait until the work on audio pushed so far is done: an open turn's recogniser has
+        caught up, closed turns are recognised and their responses generated.
+
+        A caller feeding a recording faster than real time settles after each push so that
+        the pipeline behaves as on a live line with an infinitely fast clock.
+        """
+        turn = self._turn
+        if turn is not None and turn.task is not None and not turn.task.done():
+            caught_up = asyncio.ensure_future(turn.caught_up.wait())
+            await asyncio.wait([caught_up, turn.task], return_when=asyncio.FIRST_COMPLETED)
+            caught_up.cancel()
         while True:
             pending = [t.task for t in self._closed_turns if t.task is not None]
             if self._response is not None and self._response.task is not None:
@@ -335,7 +346,12 @@ class Pipeline:
         rate = self.engines.asr.sample_rate
 
         async def audio() -> AsyncIterator[Frame]:
-            while (chunk := await turn.audio.get()) is not None:
+            while True:
+                if turn.audio.empty():
+                    turn.caught_up.set()
+                chunk = await turn.audio.get()
+                if chunk is None:
+                    return
                 yield Frame(chunk, rate)
 
         final: Transcript | None = None

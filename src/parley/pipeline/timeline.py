@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["MARKS", "Mark", "TurnTimeline"]
+__all__ = ["MARKS", "STAGES", "Mark", "TurnTimeline"]
 
 Mark = Literal[
     "last_voiced",

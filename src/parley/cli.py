@@ -1,0 +1,372 @@
+"""The ``parley`` command.
+
+Errors print as one line (``parley: error: ...``) with a non-zero exit, never a traceback, unless
+``--debug`` is given. Commands build engines from the same configuration the server uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from parley import __version__
+from parley.audio.files import read_audio, write_audio
+from parley.audio.frames import Frame
+from parley.audio.resample import resample
+from parley.config import Settings, load_settings
+from parley.engines.base import SpeechOptions
+from parley.engines.registry import build_asr, build_engines, build_tts, warm_up
+from parley.errors import ClientError, InputTooLargeError, ParleyError, SilentAudioError
+from parley.pipeline import (
+    Pipeline,
+    PlaybackInterrupted,
+    ResponseAudio,
+    ResponseDone,
+    SpeechStarted,
+    StageError,
+    TranscriptFinal,
+)
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+# Frames the CLI feeds, as a client would stream them.
+PACKET_MS = 20
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return load_settings(args.config, overrides=overrides)
+
+
+# --- parley call -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Turn:
+    transcript: str = ""
+    reply: str = ""
+    heard_text: str | None = None
+    status: str = ""
+    audio: list[np.ndarray] = field(default_factory=list)
+    audio_ms: float = 0.0
+    heard_ms: float | None = None
+    timeline: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+async def _call(args: argparse.Namespace, console: Console) -> int:
+    settings = _settings(args)
+    recording = read_audio(args.input)
+    engines = build_engines(settings)
+    await warm_up(engines)
+    pipeline = Pipeline(engines, settings, input_rate=recording.sample_rate)
+    turns: dict[str, _Turn] = {}  # by response id
+    transcripts: list[str] = []
+    errors: list[str] = []
+    heard_speech = False
+
+    async def collect() -> None:
+        nonlocal heard_speech
+        async for event in pipeline.events():
+            match event:
+                case SpeechStarted():
+                    heard_speech = True
+                case TranscriptFinal(text=text):
+                    transcripts.append(text)
+                case ResponseAudio(response_id=rid, frame=frame):
+                    turns.setdefault(rid, _Turn()).audio.append(frame.samples)
+                case ResponseDone() as done:
+                    turn = turns.setdefault(done.response_id, _Turn())
+                    turn.transcript = transcripts[-1] if transcripts else ""
+                    turn.reply, turn.status, turn.audio_ms = (
+                        done.text.strip(),
+                        done.status,
+                        done.audio_ms,
+                    )
+                    turn.timeline = done.timeline.to_dict()
+                    if done.error is not None:
+                        turn.error = done.error.message
+                case PlaybackInterrupted(response_id=rid) as cut:
+                    turn = turns.setdefault(rid, _Turn())
+                    turn.heard_ms, turn.heard_text = cut.heard_ms, cut.heard_text
+                case StageError(stage=stage, error=error):
+                    errors.append(f"{stage}: {error.message}")
+                case _:
+                    pass
+
+    n = recording.sample_rate * PACKET_MS // 1000
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(collect())
+        async with pipeline:
+            start = time.perf_counter()
+            for i in range(0, len(recording), n):
+                await pipeline.push(Frame(recording.samples[i : i + n], recording.sample_rate))
+                if args.realtime:
+                    due = start + (i + n) / recording.sample_rate
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                else:
+                    await pipeline.settle()
+            # Trailing silence lets the turn end as it would on a live line.
+            tail = settings.turn_detection.silence_duration_ms + 2 * PACKET_MS
+            for _ in range(tail // PACKET_MS):
+                await pipeline.push(Frame.silence(PACKET_MS, recording.sample_rate))
+                if args.realtime:
+                    await asyncio.sleep(PACKET_MS / 1000)
+                else:
+                    await pipeline.settle()
+            await pipeline.end_of_input()
+
+    if not heard_speech:
+        raise SilentAudioError(f"no speech found in {args.input}")
+    replies = list(turns.values())
+    audio = _reply_audio(replies, pipeline.output_rate)
+    if args.output is not None and len(audio):
+        write_audio(args.output, Frame(audio, pipeline.output_rate))
+    if args.json:
+        console.print_json(
+            json.dumps(
+                {
+                    "input": str(args.input),
+                    "output": str(args.output) if args.output is not None and len(audio) else None,
+                    "turns": [_turn_json(t) for t in replies],
+                    "unanswered_transcripts": transcripts[len(replies) :],
+                    "errors": errors,
+                }
+            )
+        )
+    else:
+        _print_call(
+            console,
+            replies,
+            errors,
+            args.output if len(audio) else None,
+            len(audio) / pipeline.output_rate,
+        )
+    return 0 if replies and not errors else EXIT_ERROR
+
+
+def _reply_audio(replies: list[_Turn], rate: int) -> np.ndarray:
+    """Each reply as it was heard (cut where the caller interrupted), 300 ms apart."""
+    parts: list[np.ndarray] = []
+    for turn in replies:
+        if not turn.audio:
+            continue
+        samples = np.concatenate(turn.audio)
+        if turn.heard_ms is not None:
+            samples = samples[: int(turn.heard_ms * rate / 1000)]
+        parts += [samples, np.zeros(rate * 3 // 10, np.int16)]
+    return np.concatenate(parts[:-1]) if parts else np.zeros(0, np.int16)
+
+
+def _turn_json(turn: _Turn) -> dict[str, Any]:
+    return {
+        "transcript": turn.transcript,
+        "reply": turn.reply,
+        "status": turn.status,
+        "interrupted": turn.heard_ms is not None,
+        "heard_text": turn.heard_text if turn.heard_ms is not None else turn.reply,
+        "audio_ms": round(turn.audio_ms, 1),
+        "heard_ms": round(turn.heard_ms if turn.heard_ms is not None else turn.audio_ms, 1),
+        "timeline": turn.timeline,
+        "error": turn.error,
+    }
+
+
+def _print_call(
+    console: Console, replies: list[_Turn], errors: list[str], output: Path | None, seconds: float
+) -> None:
+    for i, turn in enumerate(replies, 1):
+        console.print(f"[bold]turn {i}[/bold]")
+        console.print(f"  [cyan]you[/cyan]     {turn.transcript or '(nothing recognised)'}")
+        console.print(f"  [green]parley[/green]  {turn.reply or '(no reply)'}")
+        if turn.heard_ms is not None:
+            console.print(
+                f"  [yellow]interrupted after {turn.heard_ms:.0f} ms of "
+                f"{turn.audio_ms:.0f} ms; heard:[/yellow] {turn.heard_text}"
+            )
+        if turn.error:
+            console.print(f"  [red]error[/red]   {turn.error}")
+        table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+        table.add_column("stage")
+        table.add_column("ms", justify="right")
+        stages: dict[str, float] = turn.timeline.get("stages_ms", {})
+        for name, value in stages.items():
+            table.add_row(name, f"{value:.1f}")
+        latency = turn.timeline.get("response_latency_ms")
+        if latency is not None:
+            table.add_row("[bold]end of turn -> first audio[/bold]", f"[bold]{latency:.1f}[/bold]")
+        console.print(table)
+    for error in errors:
+        console.print(f"[red]error[/red] {error}")
+    if output is not None:
+        console.print(f"reply audio: {output} ({seconds:.1f} s)")
+
+
+# --- parley say / transcribe / voices ------------------------------------------------------------
+
+
+async def _say(args: argparse.Namespace, console: Console) -> int:
+    settings = _settings(args)
+    text = args.text.strip()
+    if not text:
+        raise ClientError("nothing to say: the text is empty")
+    limit = settings.pipeline.max_speech_chars
+    if len(text) > limit:
+        raise InputTooLargeError(f"text is {len(text)} characters; the limit is {limit}")
+    tts = build_tts(settings.tts)
+    options = SpeechOptions(
+        voice=args.voice or settings.tts.voice,
+        speed=args.speed or settings.tts.speed,
+        sample_rate=args.rate,
+    )
+    chunks = [frame.samples async for frame in tts.synthesize(text, options)]
+    if not chunks:
+        raise ClientError("the voice produced no audio for this text")
+    frame = Frame(np.concatenate(chunks), args.rate)
+    write_audio(args.output, frame)
+    console.print(f"wrote {args.output} ({frame.duration_s:.2f} s at {args.rate} Hz)")
+    return 0
+
+
+async def _transcribe(args: argparse.Namespace, console: Console) -> int:
+    settings = _settings(args)
+    recording = read_audio(args.input)
+    asr = build_asr(settings.asr)
+    transcript = await asr.transcribe(
+        resample(recording, asr.sample_rate), language=settings.asr.language
+    )
+    if not transcript.text.strip():
+        raise SilentAudioError(f"no speech recognised in {args.input}")
+    if args.json:
+        console.print_json(
+            json.dumps(
+                {
+                    "text": transcript.text,
+                    "language": transcript.language or settings.asr.language,
+                    "duration_s": round(recording.duration_s, 3),
+                    "words": [
+                        {"word": w.text, "start": round(w.start_s, 3), "end": round(w.end_s, 3)}
+                        for w in transcript.words
+                    ],
+                }
+            )
+        )
+    else:
+        console.print(transcript.text, markup=False)
+    return 0
+
+
+async def _voices(args: argparse.Namespace, console: Console) -> int:
+    tts = build_tts(_settings(args).tts)
+    table = Table("id", "name", "language", box=None)
+    for voice in tts.voices():
+        table.add_row(voice.id, voice.name, voice.language)
+    console.print(table)
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML configuration file")
+    common.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set llm.model=llama3 (repeatable)",
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    call = sub.add_parser(
+        "call", parents=[common], help="talk to parley with a recording; write and print its reply"
+    )
+    call.add_argument("input", type=Path, help="recording (wav, flac, ogg, mp3)")
+    call.add_argument("-o", "--output", type=Path, help="write the spoken reply here")
+    call.add_argument("--json", action="store_true", help="print the result as JSON")
+    call.add_argument(
+        "--realtime",
+        action="store_true",
+        help="feed the recording at real-time pace instead of as fast as possible",
+    )
+    call.set_defaults(run=_call)
+
+    say = sub.add_parser("say", parents=[common], help="speak text into an audio file")
+    say.add_argument("text")
+    say.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="audio file to write (wav, flac, ogg, opus, mp3)",
+    )
+    say.add_argument("--voice", help="voice id, name or language code (see 'parley voices')")
+    say.add_argument("--speed", type=float, help="1.0 is normal")
+    say.add_argument("--rate", type=int, default=24000, help="sample rate (default 24000)")
+    say.set_defaults(run=_say)
+
+    tr = sub.add_parser("transcribe", parents=[common], help="print the words in a recording")
+    tr.add_argument("input", type=Path)
+    tr.add_argument("--json", action="store_true", help="print text, words and timings as JSON")
+    tr.set_defaults(run=_transcribe)
+
+    voices = sub.add_parser("voices", parents=[common], help="list the TTS voices")
+    voices.set_defaults(run=_voices)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        code: int = asyncio.run(args.run(args, console))
+        return code
+    except ParleyError as exc:
+        if args.debug:
+            raise
+        print(f"parley: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ClientError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"parley: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"parley: internal error: {type(exc).__name__}: {exc} (run with --debug "
+            "for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

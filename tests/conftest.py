@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from parley.bench.clips import Clip, load_clips
+
+SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    assert (SPEECH / "manifest.jsonl").is_file(), f"shared speech clips missing at {SPEECH}"
+    return SPEECH
+
+
+@pytest.fixture(scope="session")
+def clips(speech_dir: Path) -> dict[str, Clip]:
+    return {c.id: c for c in load_clips(speech_dir, language=None)}
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def shared_words(hypothesis: str, reference: str) -> set[str]:
+    return words(hypothesis) & words(reference)
