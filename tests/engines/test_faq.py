@@ -17,6 +17,7 @@ from parley.engines.base import (
     TextDelta,
     ToolSpec,
     Usage,
+    estimate_message_tokens,
 )
 from parley.engines.faq import FAQLLM, NO_ANSWER, load_knowledge
 from parley.engines.registry import build_llm
@@ -138,7 +139,8 @@ async def test_faq_stream_deltas_join_to_the_answer_then_usage_and_finish(
     # Word-sized: each delta is one word and the space after it.
     assert len(deltas) == len(text.split())
     assert all(len(d.text.split()) == 1 for d in deltas if isinstance(d, TextDelta))
-    assert usage == Usage(math.ceil(len("how do I start parley") / 4), math.ceil(len(text) / 4))
+    prompt = estimate_message_tokens(Message("user", "how do I start parley"))
+    assert usage == Usage(prompt, math.ceil(len(text) / 4))
     assert finish == Finish("stop")
 
 
@@ -156,7 +158,7 @@ async def test_faq_stream_answers_the_last_user_message(faq: FAQLLM) -> None:
 
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert "parley serve" in text
-    prompt_tokens = math.ceil(sum(len(m.text) for m in request.messages) / 4)
+    prompt_tokens = sum(estimate_message_tokens(m) for m in request.messages)
     assert events[-2] == Usage(prompt_tokens, math.ceil(len(text) / 4))
 
 

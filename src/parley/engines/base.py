@@ -16,6 +16,7 @@ session's compute never stalls another's I/O. Cancellation: closing an engine's 
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -44,7 +45,13 @@ __all__ = [
     "VADStream",
     "Voice",
     "Word",
+    "estimate_message_tokens",
+    "estimate_tokens",
 ]
+
+# An image costs roughly this many tokens at low detail in OpenAI's accounting.
+_IMAGE_TOKENS = 85
+_MESSAGE_OVERHEAD = 4
 
 
 # --- ASR -------------------------------------------------------------------------------------
@@ -169,6 +176,26 @@ class Finish:
 
 
 LLMEvent = TextDelta | ToolCallDelta | Usage | Finish
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate, ~4 characters per token (OpenAI's rule of thumb).
+
+    Used where an engine reports no usage and for context budgets; exact counts come from the
+    engine when it has them.
+    """
+    return math.ceil(len(text) / 4)
+
+
+def estimate_message_tokens(message: Message) -> int:
+    """:func:`estimate_tokens` of a message: its text, tool calls, images and framing."""
+    images = (
+        0
+        if isinstance(message.content, str)
+        else sum(isinstance(p, ImagePart) for p in message.content)
+    )
+    chars = len(message.text) + sum(len(c.arguments) + len(c.name) for c in message.tool_calls)
+    return _MESSAGE_OVERHEAD + math.ceil(chars / 4) + images * _IMAGE_TOKENS
 
 
 # --- TTS -------------------------------------------------------------------------------------

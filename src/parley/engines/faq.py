@@ -13,7 +13,6 @@ line (``tags`` optional). The default one, about parley itself, ships as package
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 import threading
@@ -25,7 +24,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from parley.engines.base import ChatRequest, Finish, LLMEvent, Message, TextDelta, Usage
+from parley.engines.base import (
+    ChatRequest,
+    Finish,
+    LLMEvent,
+    Message,
+    TextDelta,
+    Usage,
+    estimate_message_tokens,
+    estimate_tokens,
+)
 from parley.errors import ConfigError
 
 __all__ = [
@@ -35,7 +43,6 @@ __all__ = [
     "FAQIndex",
     "FAQMatch",
     "content_words",
-    "estimate_tokens",
     "load_knowledge",
     "split_words",
 ]
@@ -115,11 +122,6 @@ def split_words(text: str) -> list[str]:
 def content_words(words: Iterable[str]) -> list[str]:
     """``words`` without the function words that carry no topic."""
     return [w for w in words if w not in _STOPWORDS]
-
-
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate, about four characters per token."""
-    return math.ceil(len(text) / 4)
 
 
 def _default_knowledge() -> str:
@@ -371,8 +373,8 @@ class FAQLLM:
         answer = self.answer(_last_user_text(request.messages))
         for piece in _word_pieces(answer):
             yield TextDelta(piece)
-        prompt_chars = sum(len(m.text) for m in request.messages)
-        yield Usage(math.ceil(prompt_chars / 4), estimate_tokens(answer))
+        prompt = sum(estimate_message_tokens(m) for m in request.messages)
+        yield Usage(prompt, estimate_tokens(answer))
         yield Finish("stop")
 
 

@@ -28,6 +28,7 @@ from parley.engines.base import (
     ToolCallDelta,
     ToolSpec,
     Usage,
+    estimate_message_tokens,
 )
 from parley.errors import EngineError, EngineUnavailableError
 
@@ -150,7 +151,8 @@ class OpenAILLM:
             ) from exc
         if usage is None:
             # Some servers never report usage: estimate, as the faq engine does.
-            usage = Usage(_estimate_prompt_tokens(request.messages), math.ceil(output_chars / 4))
+            prompt = sum(estimate_message_tokens(m) for m in request.messages)
+            usage = Usage(prompt, math.ceil(output_chars / 4))
         yield usage
         yield Finish(finish)
 
@@ -252,10 +254,3 @@ def _server_message(exc: openai.APIStatusError) -> str:
 def _one_line(text: str, limit: int = 300) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _estimate_prompt_tokens(messages: Sequence[Message]) -> int:
-    chars = sum(
-        len(m.text) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls) for m in messages
-    )
-    return math.ceil(chars / 4)

@@ -9,33 +9,19 @@ together: a model must never see an output without its call.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, replace
 
-from parley.engines.base import ImagePart, Message
+from parley.engines.base import Message
+from parley.engines.base import estimate_message_tokens as estimate_tokens
 
 __all__ = ["History", "Item", "estimate_tokens", "new_id"]
 
 _counter = itertools.count(1)
-# An image costs roughly this many tokens at low detail in OpenAI's accounting.
-_IMAGE_TOKENS = 85
-_MESSAGE_OVERHEAD = 4
 
 
 def new_id(prefix: str) -> str:
     """Short unique ids (``item_000001a``): process-unique, ordered, cheap."""
     return f"{prefix}_{next(_counter):06d}{id(_counter) % 997:03x}"
-
-
-def estimate_tokens(message: Message) -> int:
-    """~4 characters per token, as OpenAI's rule of thumb; exact counts come from the engine."""
-    images = (
-        0
-        if isinstance(message.content, str)
-        else sum(isinstance(p, ImagePart) for p in message.content)
-    )
-    chars = len(message.text) + sum(len(c.arguments) + len(c.name) for c in message.tool_calls)
-    return _MESSAGE_OVERHEAD + math.ceil(chars / 4) + images * _IMAGE_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
