@@ -95,7 +95,10 @@ def _build(kind: Kind, name: str, section: Any) -> Any:
             f"unknown {kind} engine {name!r}; known: {', '.join(names(kind))}",
             param=f"{kind}.engine",
         )
-    return builder(section)
+    try:
+        return builder(section)
+    except TypeError as exc:  # an option the engine's constructor does not take
+        raise ConfigError(f"{kind} engine {name!r}: {exc}", param=f"{kind}.options") from exc
 
 
 def build_vad(s: VADSettings) -> VAD:
