@@ -26,7 +26,7 @@ from parley.audio.frames import Frame
 from parley.audio.resample import resample
 from parley.config import Settings, load_settings
 from parley.engines.base import SpeechOptions
-from parley.engines.registry import build_asr, build_engines, build_tts, warm_up
+from parley.engines.registry import build_asr, build_engines, build_tts, build_vad, warm_up
 from parley.errors import ClientError, InputTooLargeError, ParleyError, SilentAudioError
 from parley.pipeline import (
     Pipeline,
@@ -37,6 +37,7 @@ from parley.pipeline import (
     StageError,
     TranscriptFinal,
 )
+from parley.pipeline.segments import find_speech
 
 __all__ = ["main"]
 
@@ -249,6 +250,11 @@ async def _say(args: argparse.Namespace, console: Console) -> int:
 async def _transcribe(args: argparse.Namespace, console: Console) -> int:
     settings = _settings(args)
     recording = read_audio(args.input)
+    speech = await find_speech(
+        build_vad(settings.vad), recording, threshold=settings.turn_detection.threshold
+    )
+    if not speech:
+        raise SilentAudioError(f"no speech found in {args.input}")
     asr = build_asr(settings.asr)
     transcript = await asr.transcribe(
         resample(recording, asr.sample_rate), language=settings.asr.language

@@ -29,6 +29,7 @@ from parley.audio.resample import StreamResampler
 from parley.config import Settings, TurnDetectionSettings
 from parley.engines.base import (
     ChatRequest,
+    ContentPart,
     Finish,
     Message,
     SpeechOptions,
@@ -64,12 +65,15 @@ from parley.pipeline.turns import TurnDetector
 
 __all__ = ["Pipeline", "ResponseOptions"]
 
+_RECENT_RESPONSES = 32
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseOptions:
     """How to answer; ``None`` fields fall back to the pipeline's settings."""
 
-    instructions: str | None = None
+    # Text, or parts (text and images) when a prompt template carries images.
+    instructions: str | tuple[ContentPart, ...] | None = None
     audio: bool = True
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = "auto"
@@ -102,6 +106,7 @@ class _Response:
     usage: Usage | None = None
     finish: str | None = None
     cancel_reason: str | None = None
+    output_rate: int = 24000
     audio_samples: int = 0
     # (clause, first sample, end sample) of each clause spoken, to map heard audio to text.
     spoken: list[tuple[str, int, int]] = field(default_factory=list)
@@ -141,7 +146,7 @@ class Pipeline:
         self._detector = TurnDetector()
         self.turn_detection = settings.turn_detection
         self.set_turn_detection(settings.turn_detection)
-        self._input_samples = 0
+        self._input_ms = 0.0
         self._vad_samples = 0
         self._last_voiced_ns = 0
         self._prefix: deque[PCM16] = deque()
@@ -151,6 +156,8 @@ class Pipeline:
         self._closed_turns: list[_Turn] = []
         self._response: _Response | None = None
         self._playback: _Response | None = None
+        # Recent responses by item id, so a client can truncate what it played of any of them.
+        self._recent: dict[str, _Response] = {}
         self._stale: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
 
@@ -193,10 +200,17 @@ class Pipeline:
         self._detector.threshold = td.threshold
         self._detector.silence_duration_ms = td.silence_duration_ms
 
+    def set_input_rate(self, rate: int) -> None:
+        """Input audio comes at ``rate`` from now on (the client changed its audio format)."""
+        if rate != self.input_rate:
+            self.input_rate = rate
+            self._vad_rs = StreamResampler(rate, self.engines.vad.sample_rate)
+            self._asr_rs = StreamResampler(rate, self.engines.asr.sample_rate)
+
     @property
     def input_ms(self) -> float:
         """The input clock: milliseconds of input audio received so far."""
-        return 1000.0 * self._input_samples / self.input_rate
+        return self._input_ms
 
     # --- input -------------------------------------------------------------------------------
 
@@ -208,7 +222,7 @@ class Pipeline:
             )
         if len(frame) == 0:
             return
-        self._input_samples += len(frame)
+        self._input_ms += frame.duration_ms
         asr_audio = self._asr_rs.process(frame.samples)
         if self.turn_detection.type == "none":
             self._manual.append(asr_audio)
@@ -251,7 +265,7 @@ class Pipeline:
     async def _begin_turn(self, audio_start_ms: float) -> None:
         turn = _Turn(new_id("turn"), new_id("item"), asyncio.Queue(), TurnTimeline())
         self._turn = turn
-        self._emit(SpeechStarted(turn.id, audio_start_ms))
+        self._emit(SpeechStarted(turn.id, turn.item_id, audio_start_ms))
         if self.turn_detection.interrupt_response:
             await self.interrupt("turn_detected")
         while self._prefix:
@@ -265,7 +279,7 @@ class Pipeline:
         self._turn = None
         turn.timeline.mark("last_voiced", self._last_voiced_ns or None)
         turn.timeline.mark("end_of_turn")
-        self._emit(SpeechStopped(turn.id, audio_end_ms))
+        self._emit(SpeechStopped(turn.id, turn.item_id, audio_end_ms))
         self._close_turn(turn)
 
     def _close_turn(self, turn: _Turn) -> None:
@@ -404,7 +418,12 @@ class Pipeline:
         if "asr_final" not in timeline.marks:
             timeline.mark("end_of_turn")
             timeline.mark("asr_final")
-        resp = _Response(new_id("resp"), new_id("item"), turn_id, opts, timeline)
+        resp = _Response(
+            new_id("resp"), new_id("item"), turn_id, opts, timeline, output_rate=self.output_rate
+        )
+        self._recent[resp.item_id] = resp
+        while len(self._recent) > _RECENT_RESPONSES:
+            del self._recent[next(iter(self._recent))]
         self.history.add(Message("assistant", ""), item_id=resp.item_id)
         self._response = resp
         self._emit(ResponseStarted(resp.id, resp.item_id, turn_id))
@@ -449,7 +468,7 @@ class Pipeline:
         await self.cancel_response(reason)
         if playing is None or playing.playback_start_ms is None:
             return
-        audio_ms = 1000.0 * playing.audio_samples / self.output_rate
+        audio_ms = 1000.0 * playing.audio_samples / playing.output_rate
         heard_ms = min(max(self.input_ms - playing.playback_start_ms, 0.0), audio_ms)
         self._playback = None
         if heard_ms >= audio_ms and playing.done:
@@ -466,9 +485,7 @@ class Pipeline:
         self, item_id: str, audio_end_ms: float, *, response: _Response | None = None
     ) -> str:
         """Cut an assistant item's text to what was spoken within ``audio_end_ms``."""
-        resp = response or (
-            self._playback if self._playback and self._playback.item_id == item_id else None
-        )
+        resp = response or self._recent.get(item_id)
         if resp is None:
             item = self.history.get(item_id)
             if item is None:
@@ -484,7 +501,7 @@ class Pipeline:
     def _heard_text(self, resp: _Response, heard_ms: float) -> str:
         if not resp.options.audio:
             return resp.text
-        heard = int(heard_ms * self.output_rate / 1000)
+        heard = int(heard_ms * resp.output_rate / 1000)
         words: list[str] = []
         for clause, start, end in resp.spoken:
             if heard >= end:
@@ -542,7 +559,7 @@ class Pipeline:
                 status,
                 reason,
                 resp.text,
-                1000.0 * resp.audio_samples / self.output_rate,
+                1000.0 * resp.audio_samples / resp.output_rate,
                 resp.usage,
                 resp.timeline,
                 error,
@@ -594,7 +611,7 @@ class Pipeline:
         opts = SpeechOptions(
             voice=resp.options.voice,
             speed=resp.options.speed or 1.0,
-            sample_rate=self.output_rate,
+            sample_rate=resp.output_rate,
         )
         while (clause := await clauses.get()) is not None:
             start = resp.audio_samples

@@ -34,12 +34,14 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
     turn_id: str
+    item_id: str
     audio_start_ms: float
 
 
 @dataclass(frozen=True, slots=True)
 class SpeechStopped:
     turn_id: str
+    item_id: str
     audio_end_ms: float
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from parley.engines.base import Message
+from parley.engines.base import ContentPart, Message
 from parley.engines.base import estimate_message_tokens as estimate_tokens
 
 __all__ = ["History", "Item", "estimate_tokens", "new_id"]
@@ -70,7 +70,7 @@ class History:
         self._items[idx] = Item(item.id, replace(item.message, content=text))
         return self._items[idx]
 
-    def prompt(self, instructions: str | None) -> tuple[Message, ...]:
+    def prompt(self, instructions: str | tuple[ContentPart, ...] | None) -> tuple[Message, ...]:
         """The newest items that fit the budget, after the system instructions."""
         system = (Message("system", instructions),) if instructions else ()
         budget = self.budget_tokens - sum(estimate_tokens(m) for m in system)
