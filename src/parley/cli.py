@@ -280,6 +280,82 @@ async def _transcribe(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+async def _serve(args: argparse.Namespace, console: Console) -> int:
+    import uvicorn
+
+    from parley.server.app import WS_MAX_BYTES, create_app
+    from parley.store import Database
+
+    settings = _settings(args)
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    engines = build_engines(settings)
+    await warm_up(engines)
+    database = Database(settings.server.database)
+    app = create_app(settings, engines, database=database)
+    console.print(
+        f"parley {__version__}: Realtime API on ws://{host}:{port}/v1/realtime "
+        f"(engines: {engines.vad.name}, {engines.asr.name}, {engines.llm.name}, "
+        f"{engines.tts.name})"
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws_max_size=WS_MAX_BYTES,
+        log_level=args.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    try:
+        await server.serve()
+    finally:
+        database.close()
+    return 0 if server.started else EXIT_ERROR
+
+
+async def _prompts(args: argparse.Namespace, console: Console) -> int:
+    from parley.store import Database, PromptStore, load_template_file
+
+    settings = _settings(args)
+    with Database(settings.server.database) as database:
+        store = PromptStore(database)
+        match args.action:
+            case "import":
+                for path in args.files:
+                    template = store.put(load_template_file(path))
+                    console.print(f"imported {template.id} version {template.version}")
+            case "list":
+                table = Table("id", "latest version", "versions", "description", box=None)
+                for template in store.list():
+                    versions = ", ".join(t.version for t in store.versions(template.id))
+                    table.add_row(template.id, template.version, versions, template.description)
+                console.print(table)
+            case "show":
+                template = store.get(args.id, args.version)
+                console.print_json(
+                    json.dumps(
+                        {
+                            "id": template.id,
+                            "version": template.version,
+                            "description": template.description,
+                            "instructions": template.instructions,
+                            "variables": {
+                                v.name: None if v.default is None else str(v.default)
+                                for v in template.variables
+                            },
+                        }
+                    )
+                )
+            case "delete":
+                store.delete(args.id, args.version)
+                console.print(
+                    f"deleted {args.id}" + (f" version {args.version}" if args.version else "")
+                )
+    return 0
+
+
 async def _voices(args: argparse.Namespace, console: Console) -> int:
     tts = build_tts(_settings(args).tts)
     table = Table("id", "name", "language", box=None)
@@ -338,6 +414,27 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("input", type=Path)
     tr.add_argument("--json", action="store_true", help="print text, words and timings as JSON")
     tr.set_defaults(run=_transcribe)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run the OpenAI Realtime-compatible server"
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(run=_serve)
+
+    prompts = sub.add_parser("prompts", parents=[common], help="manage reusable prompt templates")
+    actions = prompts.add_subparsers(dest="action", required=True)
+    imp = actions.add_parser("import", parents=[common], help="store templates from TOML files")
+    imp.add_argument("files", nargs="+", type=Path)
+    actions.add_parser("list", parents=[common], help="list stored templates")
+    for name in ("show", "delete"):
+        action = actions.add_parser(name, parents=[common], help=f"{name} a template")
+        action.add_argument("id")
+        action.add_argument("--version")
+    prompts.set_defaults(run=_prompts)
 
     voices = sub.add_parser("voices", parents=[common], help="list the TTS voices")
     voices.set_defaults(run=_voices)

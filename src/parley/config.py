@@ -23,6 +23,7 @@ __all__ = [
     "ASRSettings",
     "LLMSettings",
     "PipelineSettings",
+    "ServerSettings",
     "Settings",
     "TTSSettings",
     "TurnDetectionSettings",
@@ -33,7 +34,18 @@ __all__ = [
 ENV_PREFIX = "PARLEY_"
 # Fields whose environment values are taken verbatim, never parsed as JSON.
 _STRING_FIELDS = frozenset(
-    {"api_key", "base_url", "model", "voice", "engine", "language", "knowledge", "instructions"}
+    {
+        "api_key",
+        "base_url",
+        "model",
+        "voice",
+        "engine",
+        "language",
+        "knowledge",
+        "instructions",
+        "host",
+        "database",
+    }
 )
 
 
@@ -101,7 +113,15 @@ class PipelineSettings(_Section):
     output_sample_rate: int = 24000
 
 
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # The embedded database (prompt templates; later keys and tenants). Relative to the cwd.
+    database: Path = Path("parley.db")
+
+
 class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
     vad: VADSettings = Field(default_factory=VADSettings)
     turn_detection: TurnDetectionSettings = Field(default_factory=TurnDetectionSettings)
     asr: ASRSettings = Field(default_factory=ASRSettings)

@@ -132,7 +132,7 @@ class Pipeline:
         self.input_rate = input_rate
         self.output_rate = output_rate or settings.pipeline.output_sample_rate
         self.history = History(settings.pipeline.history_tokens)
-        self.instructions = settings.pipeline.instructions
+        self.instructions: str | tuple[ContentPart, ...] = settings.pipeline.instructions
         self.response_defaults = ResponseOptions(
             voice=settings.tts.voice,
             speed=settings.tts.speed,
@@ -426,7 +426,7 @@ class Pipeline:
             del self._recent[next(iter(self._recent))]
         self.history.add(Message("assistant", ""), item_id=resp.item_id)
         self._response = resp
-        self._emit(ResponseStarted(resp.id, resp.item_id, turn_id))
+        self._emit(ResponseStarted(resp.id, resp.item_id, turn_id, opts.audio))
         request = ChatRequest(
             prompt,
             tools=opts.tools,

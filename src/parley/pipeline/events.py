@@ -74,6 +74,7 @@ class ResponseStarted:
     response_id: str
     item_id: str
     turn_id: str | None
+    audio: bool = True  # False: a text-only response
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,10 @@ class History:
             self._items.insert(self._index(after) + 1, item)
         return item
 
+    def move_to_front(self, item_id: str) -> None:
+        """Make an item the first of the conversation (``previous_item_id: "root"``)."""
+        self._items.insert(0, self._items.pop(self._index(item_id)))
+
     def get(self, item_id: str) -> Item | None:
         return next((i for i in self._items if i.id == item_id), None)
 

@@ -1,0 +1,772 @@
+"""The Realtime protocol's client events as typed values, and the server's ``error`` event.
+
+The client events and their shapes are those of the GA protocol as the official ``openai`` SDK
+types them (``openai.types.realtime``); parley defines its own pydantic models for them so that
+the server never depends on the SDK's internals at run time. Every raw WebSocket message goes
+through :func:`parse_client_event`, which either returns one event model or raises
+:class:`ProtocolError` carrying the OpenAI error shape (``code``, ``message``, ``param``,
+``event_id``); :func:`error_event` turns any :class:`~parley.errors.ParleyError` into the ``error``
+event to send back.
+
+Models ignore fields they do not know (a newer client must not be cut off) but reject values of
+the wrong type: validation is strict, so ``"5"`` is not an integer and ``"true"`` not a boolean.
+Every field of :class:`SessionConfig` is optional: in a ``session.update`` only what the client
+sent changes, ``model_fields_set`` tells what was sent, and a field sent as ``null`` is in it
+with the value ``None`` (``turn_detection: null`` turns turn detection off).
+
+This module keeps no state and does no I/O; it does not decode audio (the session knows the
+format) and does not decide what an event means.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Self, TypeAlias
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from parley.audio.formats import WireFormat, parse_wire_format
+from parley.errors import ClientError, ParleyError
+from parley.realtime.beta import client_event_from_beta
+
+__all__ = [
+    "CLIENT_EVENT_TYPES",
+    "MAX_EVENT_BYTES",
+    "AssistantMessageItem",
+    "AudioConfig",
+    "AudioFormat",
+    "AudioInputConfig",
+    "AudioOutputConfig",
+    "ClientEvent",
+    "ConversationItem",
+    "ConversationItemCreateEvent",
+    "ConversationItemDeleteEvent",
+    "ConversationItemRetrieveEvent",
+    "ConversationItemTruncateEvent",
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
+    "FunctionTool",
+    "InputAudioBufferAppendEvent",
+    "InputAudioBufferClearEvent",
+    "InputAudioBufferCommitEvent",
+    "InputAudioPart",
+    "InputImagePart",
+    "InputTextPart",
+    "ItemReference",
+    "NoiseReductionConfig",
+    "OutputAudioBufferClearEvent",
+    "OutputAudioPart",
+    "OutputTextPart",
+    "PcmFormat",
+    "PcmaFormat",
+    "PcmuFormat",
+    "PromptConfig",
+    "ProtocolError",
+    "ResponseAudioConfig",
+    "ResponseAudioOutputConfig",
+    "ResponseCancelEvent",
+    "ResponseCreateEvent",
+    "ResponseInputItem",
+    "ResponseParams",
+    "RetentionRatioTruncation",
+    "SemanticVad",
+    "ServerVad",
+    "SessionConfig",
+    "SessionUpdateEvent",
+    "SystemMessageItem",
+    "ToolChoice",
+    "ToolChoiceFunction",
+    "TranscriptionConfig",
+    "Truncation",
+    "TurnDetection",
+    "UserMessageItem",
+    "VoiceId",
+    "audio_format",
+    "error_event",
+    "new_event_id",
+    "new_id",
+    "parse_client_event",
+    "wire_format",
+]
+
+# OpenAI closes nothing over this, it answers with an error; so does parley, before parsing.
+MAX_EVENT_BYTES = 15 * 1024 * 1024
+
+
+class ProtocolError(ClientError):
+    """A client event that parley cannot read: bad JSON, unknown type, a field of the wrong kind.
+
+    ``code`` follows what OpenAI sends: ``invalid_json``, ``invalid_event`` (not an event at
+    all), ``invalid_value``, ``invalid_type``, ``missing_required_parameter``,
+    ``message_too_large``. ``param`` is the dotted path of the bad field (``session.tools[0].name``)
+    and ``event_id`` the client's own id for the event, when it could be read.
+    """
+
+    code = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.event_id = event_id
+
+
+# --------------------------------------------------------------------------- ids
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """``prefix`` + ``_`` + 22 random base62 characters (128 bits), like OpenAI's ids."""
+    n = secrets.randbits(128)
+    chars = []
+    for _ in range(22):
+        n, r = divmod(n, 62)
+        chars.append(_ALPHABET[r])
+    return f"{prefix}_{''.join(chars)}"
+
+
+def new_event_id() -> str:
+    """A fresh server event id: ``event_...``."""
+    return new_id("event")
+
+
+# --------------------------------------------------------------------------- base
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class _Partial(_Wire):
+    """A config object that a ``session.update`` changes field by field."""
+
+    def merged(self, update: Self) -> Self:
+        """This config with the fields sent in ``update`` applied; nested configs merge too."""
+        changes: dict[str, Any] = {}
+        for name in update.model_fields_set:
+            new = getattr(update, name)
+            old = getattr(self, name)
+            if isinstance(new, _Partial) and isinstance(old, type(new)):
+                new = old.merged(new)
+            changes[name] = new
+        return self.model_copy(update=changes)
+
+
+# --------------------------------------------------------------------------- audio formats
+
+
+class PcmFormat(_Wire):
+    """16-bit little-endian PCM; the API supports 24 kHz only."""
+
+    type: Literal["audio/pcm"]
+    rate: Literal[24000] = 24000
+
+
+class PcmuFormat(_Wire):
+    """G.711 mu-law at 8 kHz."""
+
+    type: Literal["audio/pcmu"]
+
+
+class PcmaFormat(_Wire):
+    """G.711 A-law at 8 kHz."""
+
+    type: Literal["audio/pcma"]
+
+
+AudioFormat: TypeAlias = Annotated[PcmFormat | PcmuFormat | PcmaFormat, Field(discriminator="type")]
+
+
+def wire_format(fmt: AudioFormat) -> WireFormat:
+    """The codec-level format that a wire format object names."""
+    rate = fmt.rate if isinstance(fmt, PcmFormat) else None
+    return parse_wire_format(fmt.type, rate)
+
+
+def audio_format(fmt: WireFormat) -> AudioFormat:
+    """The GA wire object naming ``fmt`` (the inverse of :func:`wire_format` at 24 kHz/8 kHz)."""
+    match fmt.ga_type:
+        case "audio/pcmu":
+            return PcmuFormat(type="audio/pcmu")
+        case "audio/pcma":
+            return PcmaFormat(type="audio/pcma")
+        case _:
+            return PcmFormat(type="audio/pcm")
+
+
+# --------------------------------------------------------------------------- session config
+
+
+class TranscriptionConfig(_Wire):
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+
+
+class NoiseReductionConfig(_Wire):
+    """Accepted and echoed; parley does not filter input audio."""
+
+    type: Literal["near_field", "far_field"] | None = None
+    strength: float | None = None
+
+
+class ServerVad(_Wire):
+    """Voice activity turn detection; an absent field keeps parley's default."""
+
+    type: Literal["server_vad"]
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    prefix_padding_ms: int | None = Field(None, ge=0)
+    silence_duration_ms: int | None = Field(None, ge=0)
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+    idle_timeout_ms: int | None = Field(None, ge=0)
+
+
+class SemanticVad(_Wire):
+    type: Literal["semantic_vad"]
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+
+
+TurnDetection: TypeAlias = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
+
+
+class AudioInputConfig(_Partial):
+    format: AudioFormat | None = None
+    transcription: TranscriptionConfig | None = None
+    noise_reduction: NoiseReductionConfig | None = None
+    turn_detection: TurnDetection | None = None
+
+
+class VoiceId(_Wire):
+    """A custom voice by id: ``{"id": "voice_1234"}``."""
+
+    id: str
+
+
+class AudioOutputConfig(_Partial):
+    format: AudioFormat | None = None
+    voice: str | VoiceId | None = None
+    speed: float | None = Field(None, ge=0.25, le=1.5)
+
+
+class AudioConfig(_Partial):
+    input: AudioInputConfig | None = None
+    output: AudioOutputConfig | None = None
+
+
+class FunctionTool(_Wire):
+    type: Literal["function"] = "function"
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolChoiceFunction(_Wire):
+    type: Literal["function"]
+    name: str
+
+
+ToolChoice: TypeAlias = Literal["auto", "none", "required"] | ToolChoiceFunction
+
+
+class RetentionRatioTruncation(_Wire):
+    type: Literal["retention_ratio"]
+    retention_ratio: float = Field(ge=0.0, le=1.0)
+
+
+Truncation: TypeAlias = Literal["auto", "disabled"] | RetentionRatioTruncation
+
+
+def _one_modality(value: list[str]) -> list[str]:
+    if len(set(value)) != 1:
+        raise ValueError("exactly one of 'audio' or 'text'")
+    return value
+
+
+OutputModalities: TypeAlias = Annotated[
+    list[Literal["text", "audio"]], AfterValidator(_one_modality)
+]
+MaxOutputTokens: TypeAlias = Annotated[int, Field(ge=1)] | Literal["inf"]
+
+
+# --------------------------------------------------------------------------- content and items
+
+
+class InputTextPart(_Wire):
+    type: Literal["input_text"]
+    text: str
+
+
+class InputAudioPart(_Wire):
+    """Base64 audio in the session's input format, and/or its transcript."""
+
+    type: Literal["input_audio"]
+    audio: str | None = None
+    transcript: str | None = None
+
+
+class InputImagePart(_Wire):
+    """An image as a ``data:`` URL."""
+
+    type: Literal["input_image"]
+    image_url: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class OutputTextPart(_Wire):
+    type: Literal["output_text"]
+    text: str
+
+
+class OutputAudioPart(_Wire):
+    type: Literal["output_audio"]
+    audio: str | None = None
+    transcript: str | None = None
+
+
+UserContent: TypeAlias = Annotated[
+    InputTextPart | InputAudioPart | InputImagePart, Field(discriminator="type")
+]
+AssistantContent: TypeAlias = Annotated[
+    OutputTextPart | OutputAudioPart, Field(discriminator="type")
+]
+ItemStatus: TypeAlias = Literal["completed", "incomplete", "in_progress"]
+
+
+class _Item(_Wire):
+    id: str | None = None
+    object: Literal["realtime.item"] | None = None
+    status: ItemStatus | None = None
+
+
+class SystemMessageItem(_Item):
+    type: Literal["message"]
+    role: Literal["system"]
+    content: list[InputTextPart]
+
+
+class UserMessageItem(_Item):
+    type: Literal["message"]
+    role: Literal["user"]
+    content: list[UserContent]
+
+
+class AssistantMessageItem(_Item):
+    type: Literal["message"]
+    role: Literal["assistant"]
+    content: list[AssistantContent]
+
+
+class FunctionCallItem(_Item):
+    type: Literal["function_call"]
+    name: str
+    arguments: str
+    call_id: str | None = None
+
+
+class FunctionCallOutputItem(_Item):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+
+
+class ItemReference(_Wire):
+    """An existing conversation item, by id, in ``response.create``'s ``input``."""
+
+    type: Literal["item_reference"]
+    id: str
+
+
+_MessageItem: TypeAlias = Annotated[
+    SystemMessageItem | UserMessageItem | AssistantMessageItem, Field(discriminator="role")
+]
+ConversationItem: TypeAlias = Annotated[
+    _MessageItem | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")
+]
+ResponseInputItem: TypeAlias = Annotated[
+    _MessageItem | FunctionCallItem | FunctionCallOutputItem | ItemReference,
+    Field(discriminator="type"),
+]
+
+PromptVariable: TypeAlias = (
+    str | Annotated[InputTextPart | InputImagePart, Field(discriminator="type")]
+)
+
+
+class PromptConfig(_Wire):
+    """A stored prompt template by id; accepted and echoed, parley keeps no prompt store."""
+
+    id: str
+    version: str | None = None
+    variables: dict[str, PromptVariable] | None = None
+
+
+class SessionConfig(_Partial):
+    """A Realtime (or transcription) session's configuration; every field optional.
+
+    OpenAI requires ``type`` in ``session.update``; parley takes its absence as "unchanged".
+    """
+
+    type: Literal["realtime", "transcription"] | None = None
+    model: str | None = None
+    output_modalities: OutputModalities | None = None
+    instructions: str | None = None
+    audio: AudioConfig | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    max_output_tokens: MaxOutputTokens | None = None
+    truncation: Truncation | None = None
+    prompt: PromptConfig | None = None
+    include: list[str] | None = None
+    tracing: Literal["auto"] | dict[str, Any] | None = None
+
+
+class ResponseAudioOutputConfig(_Wire):
+    voice: str | VoiceId | None = None
+    format: AudioFormat | None = None
+
+
+class ResponseAudioConfig(_Wire):
+    output: ResponseAudioOutputConfig | None = None
+
+
+class ResponseParams(_Wire):
+    """``response.create``'s overrides for one response; absent fields take the session's."""
+
+    output_modalities: OutputModalities | None = None
+    instructions: str | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    max_output_tokens: MaxOutputTokens | None = None
+    # "none" makes an out-of-band response that is not added to the conversation.
+    conversation: Literal["auto", "none"] | None = None
+    input: list[ResponseInputItem] | None = None
+    metadata: dict[str, str] | None = None
+    audio: ResponseAudioConfig | None = None
+    prompt: PromptConfig | None = None
+
+
+# --------------------------------------------------------------------------- client events
+
+
+class _Event(_Wire):
+    event_id: str | None = None
+
+
+class SessionUpdateEvent(_Event):
+    type: Literal["session.update"]
+    session: SessionConfig
+
+
+class InputAudioBufferAppendEvent(_Event):
+    type: Literal["input_audio_buffer.append"]
+    audio: str
+
+
+class InputAudioBufferCommitEvent(_Event):
+    type: Literal["input_audio_buffer.commit"]
+
+
+class InputAudioBufferClearEvent(_Event):
+    type: Literal["input_audio_buffer.clear"]
+
+
+class ConversationItemCreateEvent(_Event):
+    type: Literal["conversation.item.create"]
+    item: ConversationItem
+    previous_item_id: str | None = None
+
+
+class ConversationItemRetrieveEvent(_Event):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
+class ConversationItemTruncateEvent(_Event):
+    type: Literal["conversation.item.truncate"]
+    item_id: str
+    content_index: int = Field(ge=0)
+    audio_end_ms: int = Field(ge=0)
+
+
+class ConversationItemDeleteEvent(_Event):
+    type: Literal["conversation.item.delete"]
+    item_id: str
+
+
+class ResponseCreateEvent(_Event):
+    type: Literal["response.create"]
+    response: ResponseParams | None = None
+
+
+class ResponseCancelEvent(_Event):
+    type: Literal["response.cancel"]
+    response_id: str | None = None
+
+
+class OutputAudioBufferClearEvent(_Event):
+    type: Literal["output_audio_buffer.clear"]
+
+
+ClientEvent: TypeAlias = Annotated[
+    SessionUpdateEvent
+    | InputAudioBufferAppendEvent
+    | InputAudioBufferCommitEvent
+    | InputAudioBufferClearEvent
+    | ConversationItemCreateEvent
+    | ConversationItemRetrieveEvent
+    | ConversationItemTruncateEvent
+    | ConversationItemDeleteEvent
+    | ResponseCreateEvent
+    | ResponseCancelEvent
+    | OutputAudioBufferClearEvent,
+    Field(discriminator="type"),
+]
+
+_CLIENT_EVENTS: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+
+CLIENT_EVENT_TYPES: tuple[str, ...] = (
+    "session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "conversation.item.create",
+    "conversation.item.retrieve",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "response.create",
+    "response.cancel",
+    "output_audio_buffer.clear",
+)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_client_event(raw: str | bytes, *, beta: bool = False) -> ClientEvent:
+    """One WebSocket text message to its client event, or :class:`ProtocolError`.
+
+    With ``beta`` the message is read as the beta protocol (flat session fields, old names) and
+    mapped to GA first; ``param`` in an error then names the GA field.
+    """
+    size = len(raw)
+    if isinstance(raw, str) and size * 4 > MAX_EVENT_BYTES:  # UTF-8 is at most 4 bytes a char
+        size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_EVENT_BYTES:
+        raise ProtocolError(
+            f"Message of {size} bytes exceeds the maximum of {MAX_EVENT_BYTES} bytes.",
+            code="message_too_large",
+        )
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, NaN, nesting
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or "too deep"
+        raise ProtocolError(
+            f"We could not parse the JSON body of your event: {detail}.", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            f"Expected an event object, but got {_kind(data)} instead.", code="invalid_event"
+        )
+    raw_id = data.get("event_id")
+    event_id = raw_id if isinstance(raw_id, str) else None
+    if beta:
+        data = client_event_from_beta(data)
+    return _validate(data, event_id)
+
+
+def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
+    if "type" not in data:
+        raise ProtocolError(
+            "The 'type' field is missing.", code="invalid_event", param="type", event_id=event_id
+        )
+    kind = data["type"]
+    if not isinstance(kind, str):
+        raise ProtocolError(
+            f"Invalid type for 'type': expected a string, but got {_kind(kind)} instead.",
+            code="invalid_type",
+            param="type",
+            event_id=event_id,
+        )
+    if kind not in CLIENT_EVENT_TYPES:
+        supported = ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
+        raise ProtocolError(
+            f"Invalid value: {_show(kind)}. Supported values are: {supported}.",
+            code="invalid_value",
+            param="type",
+            event_id=event_id,
+        )
+    try:
+        return _CLIENT_EVENTS.validate_python(data)
+    except ValidationError as exc:
+        raise _protocol_error(exc, data, event_id) from None
+
+
+# --------------------------------------------------------------------------- validation errors
+
+_TYPE_ERRORS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def _kind(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int():
+            return "an integer"
+        case float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+        case _:
+            return type(value).__name__
+
+
+def _show(value: object) -> str:
+    """A short JSON rendering of a client's value, never a 15 MiB echo."""
+    text = f"'{value[:61]}'" if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _path(loc: Sequence[int | str], data: object, *, missing: bool) -> list[int | str]:
+    """A pydantic error location cut to the client's own keys and indexes.
+
+    Union branches add labels (a tag such as ``server_vad``, or ``int``) that name no field of
+    the input; walking the input alongside drops them. With ``missing`` the last segment is a
+    key the client left out.
+    """
+    path: list[int | str] = []
+    node = data
+    last = len(loc) - 1
+    for i, seg in enumerate(loc):
+        if isinstance(seg, str) and isinstance(node, Mapping):
+            if seg in node:
+                node = node[seg]
+            elif missing and i == last:
+                node = None
+            else:
+                continue
+        elif isinstance(seg, int) and isinstance(node, list) and 0 <= seg < len(node):
+            node = node[seg]
+        else:
+            continue
+        path.append(seg)
+    return path
+
+
+def _dotted(path: Sequence[int | str]) -> str:
+    out = ""
+    for seg in path:
+        out += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if out else seg)
+    return out
+
+
+def _protocol_error(exc: ValidationError, data: object, event_id: str | None) -> ProtocolError:
+    errors = exc.errors(include_url=False, include_context=True)
+    located = [(_path(e["loc"], data, missing=e["type"] == "missing"), e) for e in errors]
+    # Of a union's branch errors, the deepest is the one the client was closest to.
+    deepest = max(len(p) for p, _ in located)
+    path, first = next((p, e) for p, e in located if len(p) == deepest)
+    same = [e for p, e in located if p == path]
+    param = _dotted(path)
+    ctx = first.get("ctx") or {}
+
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        field = str(ctx.get("discriminator", "type")).strip("'")
+        param = _dotted([*path, field])
+        if first["type"] == "union_tag_not_found":
+            return ProtocolError(
+                f"Missing required parameter: '{param}'.",
+                code="missing_required_parameter",
+                param=param,
+                event_id=event_id,
+            )
+        return ProtocolError(
+            f"Invalid value: {_show(ctx.get('tag'))}. Supported values are: "
+            f"{ctx.get('expected_tags')}.",
+            code="invalid_value",
+            param=param,
+            event_id=event_id,
+        )
+    if any(e["type"] == "missing" for e in same):
+        return ProtocolError(
+            f"Missing required parameter: '{param}'.",
+            code="missing_required_parameter",
+            param=param,
+            event_id=event_id,
+        )
+    expected: list[str] = []
+    for e in same:
+        want = _TYPE_ERRORS.get(e["type"])
+        if want is None:
+            want = str(e["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
+        if want not in expected:
+            expected.append(want)
+    alternatives = " or ".join(expected)
+    value = first["input"]
+    if all(e["type"] in _TYPE_ERRORS for e in same):
+        return ProtocolError(
+            f"Invalid type for '{param}': expected {alternatives}, but got {_kind(value)} instead.",
+            code="invalid_type",
+            param=param,
+            event_id=event_id,
+        )
+    return ProtocolError(
+        f"Invalid value for '{param}': {_show(value)}; expected {alternatives}.",
+        code="invalid_value",
+        param=param,
+        event_id=event_id,
+    )
+
+
+# --------------------------------------------------------------------------- error event
+
+
+def error_event(exc: ParleyError, event_id: str | None = None) -> dict[str, Any]:
+    """The server ``error`` event for ``exc``, about the client event ``event_id``.
+
+    A client fault is an ``invalid_request_error``, anything else a ``server_error``; when
+    ``event_id`` is not given, a :class:`ProtocolError`'s own is used.
+    """
+    if event_id is None and isinstance(exc, ProtocolError):
+        event_id = exc.event_id
+    return {
+        "type": "error",
+        "event_id": new_event_id(),
+        "error": {
+            "type": "invalid_request_error" if isinstance(exc, ClientError) else "server_error",
+            "code": exc.code,
+            "message": exc.message,
+            "param": exc.param,
+            "event_id": event_id,
+        },
+    }
