@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -280,9 +282,18 @@ async def _transcribe(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, console: Console) -> int:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn, except that SIGINT/SIGTERM end the process with status 0 after the graceful
+    shutdown (uvicorn re-raises the signal, which reads as a crash to a supervisor)."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+async def _serve(args: argparse.Namespace, console: Console) -> int:
     from parley.server.app import WS_MAX_BYTES, create_app
     from parley.store import Database
 
@@ -307,7 +318,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         await server.serve()
     finally:

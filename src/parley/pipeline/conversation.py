@@ -546,11 +546,10 @@ class Pipeline:
             if status != "cancelled"
             else self._heard_text(resp, self.input_ms - (resp.playback_start_ms or self.input_ms))
         )
+        # The item stays even if nothing was heard: the client may still refer to it. An empty
+        # message never reaches the model (History.prompt skips it).
         if self.history.get(resp.item_id) is not None:
-            if heard:
-                self.history.replace_text(resp.item_id, heard)
-            else:
-                self.history.delete(resp.item_id)
+            self.history.replace_text(resp.item_id, heard)
         self._emit(
             ResponseDone(
                 resp.id,
