@@ -317,6 +317,8 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         log_level=args.log_level,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # Audio in base64 barely compresses; deflate would cost CPU on every delta.
+        ws_per_message_deflate=False,
     )
     server = _Server(config)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import soundfile as sf
 from parley.audio.frames import Frame
 from parley.engines.base import ASR, Transcript
 from parley.engines.pocketsphinx import PocketsphinxASR
-from parley.errors import BadAudioError, ConfigError
+from parley.errors import BadAudioError, ConfigError, EngineUnavailableError
 
 SPEECH = Path(__file__).resolve().parents[2].parent / "shared" / "speech"
 
@@ -47,7 +48,8 @@ async def _collect(asr: PocketsphinxASR, clip: Frame) -> list[Transcript]:
 
 @pytest.fixture(scope="module")
 def asr() -> PocketsphinxASR:
-    return PocketsphinxASR(warm=2, max_idle=4)
+    # In-process decoding, so the tests can watch the decoder pool.
+    return PocketsphinxASR(warm=2, max_idle=4, processes=0)
 
 
 def test_pocketsphinx_satisfies_protocol(asr: PocketsphinxASR) -> None:
@@ -190,7 +192,7 @@ def test_pocketsphinx_bad_decoder_option_is_config_error() -> None:
 
 async def test_pocketsphinx_result_independent_of_previous_streams() -> None:
     # One pooled decoder serves every stream: what it heard before must not change the result.
-    asr = PocketsphinxASR(warm=1, max_idle=1)
+    asr = PocketsphinxASR(warm=1, max_idle=1, processes=0)
     clip = _clip("en_goforward_raw")
     before = (await _collect(asr, clip))[-1]
     await _collect(asr, _clip("en_jfk_wav"))
@@ -198,3 +200,61 @@ async def test_pocketsphinx_result_independent_of_previous_streams() -> None:
     assert asr.idle == 1
     assert after == before
     assert before.text == "go forward ten meters"
+
+
+@pytest.fixture(scope="module")
+def asr_processes() -> PocketsphinxASR:
+    return PocketsphinxASR(processes=2)
+
+
+async def test_pocketsphinx_processes_match_in_process(
+    asr: PocketsphinxASR, asr_processes: PocketsphinxASR
+) -> None:
+    clip = _clip("en_librivox_0870")
+    in_process = (await _collect(asr, clip))[-1]
+    streamed = await _collect(asr_processes, clip)
+    assert streamed[-1] == in_process
+    assert any(not t.is_final for t in streamed)
+    assert (await asr_processes.transcribe(clip)).text == (await asr.transcribe(clip)).text
+
+
+async def test_pocketsphinx_processes_keep_the_event_loop_free(
+    asr_processes: PocketsphinxASR,
+) -> None:
+    """Decoding in a thread would hold the GIL: the loop would stop for the whole decode."""
+    await asr_processes.transcribe(_clip("en_sr_one_two_three"))  # workers started and warm
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    task = asyncio.create_task(ticker())
+    await asyncio.gather(*(asr_processes.transcribe(_clip("en_jfk_wav")) for _ in range(2)))
+    task.cancel()
+    assert len(gaps) > 20
+    assert max(gaps) < 0.25  # one decode of the 11 s clip takes ~1 s of CPU
+
+
+async def test_pocketsphinx_processes_cancel_and_concurrency(
+    asr_processes: PocketsphinxASR,
+) -> None:
+    clip = _clip("en_goforward_raw")
+    stream = asr_processes.stream(_frames(clip))
+    await anext(stream)
+    await stream.aclose()
+    results = await asyncio.gather(*(_collect(asr_processes, clip) for _ in range(3)))
+    assert all(r[-1].text == "go forward ten meters" for r in results)
+
+
+async def test_pocketsphinx_dead_worker_is_an_engine_error() -> None:
+    asr = PocketsphinxASR(processes=1)
+    await asr.transcribe(_clip("en_sr_one_two_three"))
+    asr._workers[0]._process.kill()
+    asr._workers[0]._process.join()
+    with pytest.raises(EngineUnavailableError):
+        await asr.transcribe(_clip("en_sr_one_two_three"))

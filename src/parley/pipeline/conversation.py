@@ -22,6 +22,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 from typing import assert_never
 
 from parley.audio.frames import PCM16, Frame
@@ -227,7 +229,10 @@ class Pipeline:
         if self.turn_detection.type == "none":
             self._manual.append(asr_audio)
             return
-        vad_frame = Frame(self._vad_rs.process(frame.samples), self.engines.vad.sample_rate)
+        # VAD and ASR usually share a rate (16 kHz): resample once for both.
+        vad_audio = (asr_audio if self._vad_rs.out_rate == self._asr_rs.out_rate
+                     else self._vad_rs.process(frame.samples))
+        vad_frame = Frame(vad_audio, self.engines.vad.sample_rate)
         window = self._vad.window_samples
         fed = False
         for probability in await self._vad.probabilities(vad_frame):
@@ -360,13 +365,25 @@ class Pipeline:
         rate = self.engines.asr.sample_rate
 
         async def audio() -> AsyncIterator[Frame]:
+            # Under load packets queue up while the recogniser works; hand it all of them at
+            # once (one executor round trip instead of one per 20 ms packet).
             while True:
                 if turn.audio.empty():
                     turn.caught_up.set()
                 chunk = await turn.audio.get()
                 if chunk is None:
                     return
-                yield Frame(chunk, rate)
+                chunks = [chunk]
+                ended = False
+                while not turn.audio.empty():
+                    more = turn.audio.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    chunks.append(more)
+                yield Frame(chunks[0] if len(chunks) == 1 else np.concatenate(chunks), rate)
+                if ended:
+                    return
 
         final: Transcript | None = None
         try:

@@ -195,6 +195,7 @@ class RealtimeSession:
         vision: bool = False,
         asr_model: str = "pocketsphinx",
         prompts: PromptResolver | None = None,
+        timeline: bool = False,
     ) -> None:
         self.settings = settings
         self.history = history
@@ -204,6 +205,8 @@ class RealtimeSession:
         self.id = new_id("sess")
         self.conversation_id = new_id("conv")
         self._prompts = prompts
+        # parley's extension: a ``parley.turn.timeline`` event after each response.done.
+        self.timeline = timeline
         self._asr_model = asr_model
         td = settings.turn_detection
         self.config: dict[str, Any] = {
@@ -275,7 +278,9 @@ class RealtimeSession:
 
     def encode(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event as this client's protocol version names it (None: beta has no such event)."""
-        return server_event_to_beta(event) if self.beta else event
+        if not self.beta or event["type"].startswith("parley."):
+            return event
+        return server_event_to_beta(event)
 
     @property
     def input_format(self) -> WireFormat:
@@ -1070,6 +1075,12 @@ class RealtimeSession:
             )
         )
         events.append(self._event("rate_limits.updated", rate_limits=[]))
+        if self.timeline:
+            events.append(self._event(
+                "parley.turn.timeline", response_id=state.id, item_id=state.item_id,
+                status=status, audio_ms=round(state.audio_ms, 1), **event.timeline.to_dict(),
+                _first_audio_out_ns=event.timeline.marks.get("first_audio_out"),
+            ))
         td = self._audio("input").get("turn_detection") or {}
         idle = td.get("idle_timeout_ms")
         if status == "completed" and idle:

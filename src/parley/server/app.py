@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
@@ -140,6 +141,7 @@ async def _serve_realtime(ws: WebSocket, state: AppState) -> None:
         vision=engines.llm.supports_vision,
         asr_model=engines.asr.name,
         prompts=state.resolve_prompt if state.prompts is not None else None,
+        timeline=ws.query_params.get("parley_timeline") in ("1", "true"),
     )
     outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     connection = _Connection(ws, session, pipeline, engines, outbox)
@@ -233,7 +235,14 @@ class _Connection:
                 self.outbox.put_nowait(out)
 
     async def write(self) -> None:
+        first_sent: dict[str, int] = {}  # response id -> when its first audio left
         while (event := await self.outbox.get()) is not None:
+            kind = event["type"]
+            if kind == "parley.turn.timeline":
+                emitted = event.pop("_first_audio_out_ns", None)
+                sent = first_sent.pop(event["response_id"], None)
+                if emitted is not None and sent is not None:
+                    event["socket_send_ms"] = (sent - emitted) / 1e6
             encoded = self.session.encode(event)
             if encoded is None:
                 continue
@@ -241,3 +250,5 @@ class _Connection:
                 await self.ws.send_text(json.dumps(encoded, separators=(",", ":")))
             except (WebSocketDisconnect, RuntimeError):
                 return  # the client went away; the reader notices and ends the session
+            if kind == "response.output_audio.delta" and self.session.timeline:
+                first_sent.setdefault(event["response_id"], time.perf_counter_ns())
