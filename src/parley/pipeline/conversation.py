@@ -22,9 +22,9 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import assert_never
 
 import numpy as np
-from typing import assert_never
 
 from parley.audio.frames import PCM16, Frame
 from parley.audio.resample import StreamResampler
