@@ -6,6 +6,8 @@ Each server event is validated against the SDK's models (unknown events or field
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -405,3 +407,134 @@ async def test_realtime_g711_audio_in_and_out(
             base64.b64decode(e["delta"]) for e in c.of_type("response.output_audio.delta")
         )
         assert len(out) / 8000 > 0.5  # one byte a sample at 8 kHz
+
+
+@pytest.mark.parametrize("source", ["text", "audio"])
+def test_readme_sdk_example_works(
+    server: Server, clips: dict[str, Clip], tmp_path: Path, source: str
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "reply.wav"
+    arg = (
+        ["--text", "How do I start parley?"]
+        if source == "text"
+        else ["--audio", str(clips["en_new_home_stars"].path)]
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "examples/realtime_client.py",
+            "--base-url",
+            server.base_url,
+            *arg,
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "parley:" in proc.stdout
+    assert out.stat().st_size > 24000
+
+
+async def test_realtime_output_audio_buffer_clear_stops_the_reply(llm_server: Server) -> None:
+    async with connect(llm_server) as c:
+        await c.send(
+            {"type": "session.update", "session": {"type": "realtime", "instructions": "SLOW"}}
+        )
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Talk."}],
+                },
+            }
+        )
+        await c.send({"type": "response.create"})
+        await c.until("response.output_audio.delta")
+        await c.send({"type": "output_audio_buffer.clear"})
+        done = await c.until("response.done")
+        assert done["response"]["status"] == "cancelled"
+
+
+async def test_realtime_audio_item_without_transcript_is_recognised(
+    server: Server, clips: dict[str, Clip]
+) -> None:
+    pcm = speech_24k(clips["en_goforward_raw"].path, trailing_silence_ms=0)
+    async with connect(server) as c:
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "input_audio",
+                            "audio": base64.b64encode(pcm.astype("<i2").tobytes()).decode(),
+                        }
+                    ],
+                },
+            }
+        )
+        item = (await c.until("conversation.item.added"))["item"]
+        await c.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+        retrieved = (await c.until("conversation.item.retrieved"))["item"]
+        assert "forward" in retrieved["content"][0]["transcript"]
+
+
+async def test_realtime_item_at_root_and_timeline_extension(server: Server) -> None:
+    async with connect(server, extra_query={"parley_timeline": "1"}) as c:
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "second"}],
+                },
+            }
+        )
+        second = (await c.until("conversation.item.added"))["item"]["id"]
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "previous_item_id": "root",
+                "item": {
+                    "type": "message",
+                    "role": "system",
+                    "content": [{"type": "input_text", "text": "first"}],
+                },
+            }
+        )
+        added = await c.until("conversation.item.added")
+        assert added["previous_item_id"] is None
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "previous_item_id": "item_nope",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "x"}],
+                },
+            }
+        )
+        assert (await c.until("error"))["error"]["code"] == "item_not_found"
+        await c.send({"type": "response.create"})
+        await c.until("response.done")
+        raw = json.loads(await c.conn.recv_bytes())  # rate_limits.updated
+        while raw["type"] != "parley.turn.timeline":
+            raw = json.loads(await c.conn.recv_bytes())
+        assert raw["status"] == "completed" and raw["audio_ms"] > 0
+        assert set(raw["stages_ms"]) >= {"llm_first_token", "tts_first_audio", "send"}
+        assert raw["socket_send_ms"] >= 0
+        assert second
