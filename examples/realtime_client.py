@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import wave
 
 import numpy as np
@@ -26,7 +27,10 @@ async def main() -> None:
     parser.add_argument("-o", "--output", default="reply.wav")
     args = parser.parse_args()
 
-    client = openai.AsyncOpenAI(base_url=args.base_url, api_key="local")
+    # A key from `parley keys create`; any string works against `parley serve --no-auth`.
+    client = openai.AsyncOpenAI(
+        base_url=args.base_url, api_key=os.environ.get("OPENAI_API_KEY", "no-auth")
+    )
     async with client.realtime.connect(model="parley") as conn:
         if args.text:
             await conn.conversation.item.create(

@@ -26,6 +26,7 @@ from parley import __version__
 from parley.audio.files import read_audio, write_audio
 from parley.audio.frames import Frame
 from parley.audio.resample import resample
+from parley.bench.realtime import add_bench_parser
 from parley.config import Settings, load_settings
 from parley.engines.base import SpeechOptions
 from parley.engines.registry import build_asr, build_engines, build_tts, build_vad, warm_up
@@ -294,16 +295,23 @@ class _Server(uvicorn.Server):
 
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
+    from parley.logs import configure_logging
     from parley.server.app import WS_MAX_BYTES, create_app
     from parley.store import Database
 
     settings = _settings(args)
+    configure_logging(settings.log_level)  # observability (issue 4): JSON lines on stderr
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     engines = build_engines(settings)
     await warm_up(engines)
     database = Database(settings.server.database)
-    app = create_app(settings, engines, database=database)
+    app = create_app(settings, engines, database=database, auth=not args.no_auth)
+    if args.no_auth:
+        console.print(
+            "[bold red]WARNING: authentication is OFF (--no-auth). Anyone who can reach "
+            f"{host}:{port} can use this server. For local development only.[/bold red]"
+        )
     console.print(
         f"parley {__version__}: Realtime API on ws://{host}:{port}/v1/realtime "
         f"(engines: {engines.vad.name}, {engines.asr.name}, {engines.llm.name}, "
@@ -333,7 +341,7 @@ async def _prompts(args: argparse.Namespace, console: Console) -> int:
 
     settings = _settings(args)
     with Database(settings.server.database) as database:
-        store = PromptStore(database)
+        store = PromptStore(database, args.tenant or "")
         match args.action:
             case "import":
                 for path in args.files:
@@ -366,6 +374,50 @@ async def _prompts(args: argparse.Namespace, console: Console) -> int:
                 console.print(
                     f"deleted {args.id}" + (f" version {args.version}" if args.version else "")
                 )
+    return 0
+
+
+async def _keys(args: argparse.Namespace, console: Console) -> int:
+    from parley.store import Database
+    from parley.store.keys import KeyStore, Limits
+
+    settings = _settings(args)
+    with Database(settings.server.database) as database:
+        keys = KeyStore(database)
+        match args.action:
+            case "create":
+                limits = Limits(args.rpm, args.max_sessions, args.max_session_seconds)
+                token, key = keys.create_key(args.tenant, name=args.name or "", limits=limits)
+                console.print(
+                    f"created {key.id} for tenant {key.tenant.name}; the key "
+                    "(shown once, store it now):"
+                )
+                print(token)
+            case "list":
+                table = Table("id", "prefix", "name", "created", "status", "limits", box=None)
+                for key in keys.list_keys(args.tenant):
+                    created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
+                    shown = ", ".join(
+                        f"{label} {value}"
+                        for label, value in (
+                            ("rpm", key.limits.requests_per_minute),
+                            ("sessions", key.limits.max_sessions),
+                            ("session s", key.limits.max_session_s),
+                        )
+                        if value is not None
+                    )
+                    table.add_row(
+                        key.id,
+                        key.prefix + "...",
+                        key.name,
+                        created,
+                        "active" if key.active else "revoked",
+                        shown or "-",
+                    )
+                console.print(table)
+            case "revoke":
+                key = keys.revoke(args.tenant, args.key)
+                console.print(f"revoked {key.id} ({key.prefix}...) of tenant {args.tenant}")
     return 0
 
 
@@ -434,23 +486,51 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="accept every caller without a key (local development only)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.set_defaults(run=_serve)
 
     prompts = sub.add_parser("prompts", parents=[common], help="manage reusable prompt templates")
     actions = prompts.add_subparsers(dest="action", required=True)
-    imp = actions.add_parser("import", parents=[common], help="store templates from TOML files")
+    tenant = argparse.ArgumentParser(add_help=False)
+    tenant.add_argument(
+        "--tenant", help="the tenant whose templates (default: the tenant of --no-auth servers)"
+    )
+    imp = actions.add_parser(
+        "import", parents=[common, tenant], help="store templates from TOML files"
+    )
     imp.add_argument("files", nargs="+", type=Path)
-    actions.add_parser("list", parents=[common], help="list stored templates")
+    actions.add_parser("list", parents=[common, tenant], help="list stored templates")
     for name in ("show", "delete"):
-        action = actions.add_parser(name, parents=[common], help=f"{name} a template")
+        action = actions.add_parser(name, parents=[common, tenant], help=f"{name} a template")
         action.add_argument("id")
         action.add_argument("--version")
     prompts.set_defaults(run=_prompts)
 
+    keys = sub.add_parser("keys", parents=[common], help="manage API keys and tenants")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    owner = argparse.ArgumentParser(add_help=False)
+    owner.add_argument("--tenant", required=True, help="the tenant the keys belong to")
+    create = key_actions.add_parser(
+        "create", parents=[common, owner], help="create a key (and the tenant if new)"
+    )
+    create.add_argument("--name", help="a label for the key")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--max-sessions", type=int, help="concurrent Realtime sessions")
+    create.add_argument("--max-session-seconds", type=int, help="longest Realtime session")
+    key_actions.add_parser("list", parents=[common, owner], help="list a tenant's keys")
+    revoke = key_actions.add_parser("revoke", parents=[common, owner], help="revoke a key")
+    revoke.add_argument("key", help="key id or prefix, as 'keys list' shows")
+    keys.set_defaults(run=_keys)
+
     voices = sub.add_parser("voices", parents=[common], help="list the TTS voices")
     voices.set_defaults(run=_voices)
+    add_bench_parser(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ import numpy as np
 import pytest
 from rich.console import Console
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from parley.bench.clips import Clip
 from parley.bench.realtime import (
     BenchConfig,
     Utterance,
     add_bench_parser,
+    check_reachable,
     prepare_utterance,
     run_bench,
     run_level,
@@ -319,3 +322,19 @@ async def test_bench_times_out_turns_and_stops_the_sweep_at_the_first_miss() -> 
     assert [t["error"] for t in level["turns"]] == ["no reply within 0.3 s"] * 2
     assert level["error_count"] == 3  # two timeouts and the error event
     assert result["answer"]["max_sessions_within_slo"] is None
+
+
+async def test_bench_sends_the_api_key_and_names_it_when_refused() -> None:
+    def require_key(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Authorization") != "Bearer sk-test":
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "missing key\n")
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=require_key) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}/v1/realtime"
+        with pytest.raises(EngineUnavailableError, match=r"HTTP 401.*--api-key"):
+            await check_reachable(url)
+        await check_reachable(url, "sk-test")

@@ -37,7 +37,10 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/v1/realtime"
 
 
-def start_server(tmp: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+def start_server(
+    tmp: Path, *extra: str, env: dict[str, str] | None = None, auth: bool = False
+) -> Server:
+    """``parley serve`` on a free port; without ``auth`` it runs with ``--no-auth``."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
     log_file = log.open("w")
@@ -53,6 +56,7 @@ def start_server(tmp: Path, *extra: str, env: dict[str, str] | None = None) -> S
             f"server.database={tmp / 'parley.db'}",
             "--log-level",
             "warning",
+            *([] if auth else ["--no-auth"]),
             *extra,
         ],
         stdout=log_file,

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import platform
 import random
@@ -35,12 +36,18 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
 from parley.audio.files import read_audio
 from parley.audio.resample import resample
 from parley.bench.clips import load_clips
-from parley.bench.report import evaluate_slo, results_table, summarize_level, sweep_answer
+from parley.bench.report import (
+    evaluate_slo,
+    require_matplotlib,
+    results_table,
+    summarize_level,
+    sweep_answer,
+)
 from parley.errors import ConfigError, EngineUnavailableError
 
 __all__ = [
@@ -86,6 +93,10 @@ class BenchConfig:
     seed: int = 0
     keep_going: bool = False
     reply_timeout_s: float = REPLY_TIMEOUT_S
+    api_key: str | None = field(default=None, repr=False)  # never written to the result
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +159,9 @@ class TurnRecord:
 
 
 def _rounded(value: Any) -> Any:
+    """Floats to 3 decimals, and NaN or infinity (which JSON lacks) to None."""
     if isinstance(value, float):
-        return round(value, 3)
+        return round(value, 3) if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     return value
@@ -407,11 +419,12 @@ class _Mic:
         index = 0
         while True:
             tick += 1
-            delay = start + tick * PACKET_MS / 1000 - _now()
+            due = start + tick * PACKET_MS / 1000
+            delay = due - _now()
             if delay > 0:
                 await asyncio.sleep(delay)
-            else:
-                self.lag_ms = max(self.lag_ms, -delay * 1000)
+            # An overloaded client sends late and would blame the server: say so.
+            self.lag_ms = max(self.lag_ms, (_now() - due) * 1000)
             if current is None and self.queue:
                 current, index = self.queue.popleft(), 0
             message = SILENCE if current is None else current.utterance.packets[index]
@@ -468,6 +481,7 @@ class _Caller:
         try:
             async with connect(
                 session_url(self.config.url),
+                additional_headers=self.config.headers(),
                 compression=None,
                 proxy=None,
                 open_timeout=CONNECT_TIMEOUT_S,
@@ -687,14 +701,21 @@ def _with(record: TurnRecord, **changes: Any) -> TurnRecord:
 # --- a level and a sweep -----------------------------------------------------------------------
 
 
-async def check_reachable(url: str) -> None:
-    """Fail fast, with one line, when nothing answers at the URL."""
+async def check_reachable(url: str, api_key: str | None = None) -> None:
+    """Fail fast, with one line, when nothing answers at the URL or it refuses the key."""
     target = session_url(url)
+    headers = BenchConfig(url, (1,), 1, api_key=api_key).headers()
     try:
-        async with connect(target, proxy=None, open_timeout=5, compression=None):
+        async with connect(
+            target, additional_headers=headers, proxy=None, open_timeout=5, compression=None
+        ):
             pass
     except InvalidURI as exc:
         raise ConfigError(f"--url is not a WebSocket address: {exc}") from exc
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        hint = " (pass --api-key or set PARLEY_API_KEY)" if status == 401 else ""
+        raise EngineUnavailableError(f"{url} refused the connection: HTTP {status}{hint}") from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
         reason = str(exc) or type(exc).__name__
         raise EngineUnavailableError(f"cannot reach a Realtime server at {url}: {reason}") from exc
@@ -849,8 +870,12 @@ async def _run_realtime(args: argparse.Namespace, console: Console) -> int:
         barge_in=args.barge_in,
         seed=args.seed,
         keep_going=args.keep_going,
+        api_key=args.api_key or os.environ.get("PARLEY_API_KEY") or None,
     )
-    await check_reachable(config.url)  # before any clip is decoded: a wrong URL fails at once
+    if args.png is not None:
+        require_matplotlib()
+    # Before any clip is decoded: a wrong URL or key fails at once.
+    await check_reachable(config.url, config.api_key)
     utterances, skipped = await load_utterances(args.clips, args.max_clip_s, args.silence_ms)
     if skipped:
         console.print(f"skipped clips with pauses (several turns each): {', '.join(skipped)}")
@@ -927,6 +952,7 @@ def add_bench_parser(subparsers: Any) -> None:
         help="in each session's last turn, speak over a long reply and time how fast it stops",
     )
     rt.add_argument("--seed", type=int, default=0, help="seed for the start stagger")
+    rt.add_argument("--api-key", help="API key for the server (default $PARLEY_API_KEY)")
     rt.add_argument("--json", type=Path, help="write the full result here")
     rt.add_argument("--png", type=Path, help="draw the report here (needs matplotlib)")
     rt.set_defaults(run=_run_realtime)

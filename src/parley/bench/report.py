@@ -22,6 +22,7 @@ __all__ = [
     "STAGES",
     "evaluate_slo",
     "load_result",
+    "require_matplotlib",
     "results_table",
     "summarize_level",
     "sweep_answer",
@@ -180,6 +181,7 @@ def results_table(result: Mapping[str, Any]) -> Table:
         "barge-in stop",
         "errors",
         "dropped",
+        "client lag",
         "SLO",
     ):
         table.add_column(name, justify="left" if name == "SLO" else "right")
@@ -206,6 +208,7 @@ def results_table(result: Mapping[str, Any]) -> Table:
             barge_text,
             str(level["error_count"]),
             str(level["dropped_sessions"]),
+            _ms(level.get("client_lag_ms")),
             "pass" if slo["pass"] else "fail: " + "; ".join(slo["reasons"]),
         )
     return table
@@ -225,15 +228,22 @@ def _breakdown(turns: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def write_png(result: Mapping[str, Any], path: Path) -> None:
-    """Per level, the distribution of each stage (box plots, symlog ms); a stacked bar of where
-    the mean turn gap goes per level; and the p50/p95 against the SLO across levels."""
+def require_matplotlib() -> None:
+    """Fail before a long run, not after it, when the PNG cannot be drawn."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError(
             "drawing the report needs matplotlib: pip install 'parley[bench]'"
         ) from None
+
+
+def write_png(result: Mapping[str, Any], path: Path) -> None:
+    """Per level, the distribution of each stage (box plots, symlog ms); a stacked bar of where
+    the mean turn gap goes per level; and the p50/p95 against the SLO across levels."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     levels = list(result["levels"])
     if not levels:
         raise ConfigError("the result has no levels to draw")
@@ -274,7 +284,8 @@ def write_png(result: Mapping[str, Any], path: Path) -> None:
             )
         ax.set_xticks(range(1, len(keys) + 1), names, rotation=45, fontsize=8)
         ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_title(f"{level['sessions']} sessions (n={len(ok)})", fontsize=10)
+        plural = "" if level["sessions"] == 1 else "s"
+        ax.set_title(f"{level['sessions']} session{plural} (n={len(ok)} turns)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     boxes[0].set_ylabel("ms (symlog)")
 
@@ -299,8 +310,10 @@ def write_png(result: Mapping[str, Any], path: Path) -> None:
     bars.legend(fontsize=8, loc="upper left", ncols=3)
 
     sessions = [int(level["sessions"]) for level in levels]
+    lowest = 0.0
     for stat, style in (("p50", "o-"), ("p95", "s-")):
         ys = [level["summary"]["turn_gap_minus_silence_ms"][stat] for level in levels]
+        lowest = min([lowest, *(y for y in ys if y is not None)])
         lines.plot(sessions, [math.nan if y is None else y for y in ys], style, label=stat)
     stops = [(level["summary"].get("barge_in") or {}).get("stop_ms", {}) for level in levels]
     if any(s.get("p95") is not None for s in stops):
@@ -318,8 +331,10 @@ def write_png(result: Mapping[str, Any], path: Path) -> None:
         lines.set_xscale("log")
     lines.set_xticks(sessions, [str(n) for n in sessions])
     lines.minorticks_off()
+    lines.set_yscale("symlog", linthresh=10.0)
+    lines.set_ylim(bottom=lowest)
     lines.set_xlabel("concurrent sessions")
-    lines.set_ylabel("ms")
+    lines.set_ylabel("ms (symlog)")
     lines.set_title(f"turn gap minus the {silence} ms silence window", fontsize=10)
     lines.grid(alpha=0.3)
     lines.legend(fontsize=8)

@@ -196,6 +196,7 @@ class RealtimeSession:
         asr_model: str = "pocketsphinx",
         prompts: PromptResolver | None = None,
         timeline: bool = False,
+        rate_limits: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
@@ -207,6 +208,7 @@ class RealtimeSession:
         self._prompts = prompts
         # parley's extension: a ``parley.turn.timeline`` event after each response.done.
         self.timeline = timeline
+        self._rate_limits = rate_limits or list
         self._asr_model = asr_model
         td = settings.turn_detection
         self.config: dict[str, Any] = {
@@ -1074,7 +1076,7 @@ class RealtimeSession:
                 ),
             )
         )
-        events.append(self._event("rate_limits.updated", rate_limits=[]))
+        events.append(self._event("rate_limits.updated", rate_limits=self._rate_limits()))
         if self.timeline:
             events.append(self._event(
                 "parley.turn.timeline", response_id=state.id, item_id=state.item_id,

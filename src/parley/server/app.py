@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
@@ -28,10 +29,13 @@ from parley import __version__
 from parley.audio.resample import resample
 from parley.config import Settings
 from parley.engines.base import ContentPart, TextPart
+from parley.engines.instrumented import instrument
 from parley.engines.registry import Engines
-from parley.errors import EngineError, ParleyError
+from parley.errors import ClientError, ConfigError, EngineError, ParleyError
+from parley.logs import bind, log_context, turn_fields
 from parley.pipeline import Pipeline
-from parley.realtime import wire
+from parley.pipeline.events import ResponseDone
+from parley.pipeline.history import History
 from parley.realtime.session import (
     CancelResponse,
     ClearInput,
@@ -41,12 +45,23 @@ from parley.realtime.session import (
     Configure,
     CreateResponse,
     Output,
+    PromptResolver,
     PushAudio,
     RealtimeSession,
     TranscribeItem,
     Truncate,
 )
+from parley.server.auth import (
+    INSECURE_KEY_PROTOCOL,
+    AuthMiddleware,
+    Limiter,
+    Principal,
+    principal_of,
+)
+from parley.server.metrics import Metrics
+from parley.server.tracing import TurnTracer
 from parley.store import Database, PromptStore, render
+from parley.store.keys import KeyStore
 
 __all__ = ["AppState", "create_app"]
 
@@ -62,27 +77,49 @@ BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 class AppState:
     settings: Settings
     engines: Engines
-    prompts: PromptStore | None
+    database: Database | None
+    # None: auth is off (parley serve --no-auth), every caller is the default tenant.
+    keys: KeyStore | None
+    limiter: Limiter = field(default_factory=Limiter)
     sessions: set[asyncio.Task[Any]] = field(default_factory=set)
+    metrics: Metrics = field(default_factory=Metrics)
+    tracer: TurnTracer = field(default_factory=TurnTracer.disabled)
 
-    def resolve_prompt(
-        self, prompt_id: str, version: str | None, variables: dict[str, Any]
-    ) -> str | tuple[ContentPart, ...]:
-        if self.prompts is None:
-            raise wire.ProtocolError(
-                "prompt templates are not configured", param="prompt.id", code="invalid_prompt"
-            )
-        rendered = render(self.prompts.get(prompt_id, version), variables)
-        if not rendered.images:
-            return rendered.instructions
-        parts: tuple[ContentPart, ...] = (TextPart(rendered.instructions), *rendered.images)
-        return parts
+    def prompt_resolver(self, tenant: str) -> PromptResolver | None:
+        """Renders the tenant's own prompt templates (a tenant never sees another's)."""
+        if self.database is None:
+            return None
+        store = PromptStore(self.database, tenant)
+
+        def resolve(
+            prompt_id: str, version: str | None, variables: dict[str, Any]
+        ) -> str | tuple[ContentPart, ...]:
+            rendered = render(store.get(prompt_id, version), variables)
+            if not rendered.images:
+                return rendered.instructions
+            return (TextPart(rendered.instructions), *rendered.images)
+
+        return resolve
 
 
 def create_app(
-    settings: Settings, engines: Engines, *, database: Database | None = None
+    settings: Settings,
+    engines: Engines,
+    *,
+    database: Database | None = None,
+    auth: bool = True,
+    metrics: Metrics | None = None,
+    tracer: TurnTracer | None = None,
 ) -> Starlette:
-    state = AppState(settings, engines, PromptStore(database) if database else None)
+    """The app; with ``auth`` every endpoint but ``/healthz`` needs a key from ``database``."""
+    if auth and database is None:
+        raise ConfigError("authentication needs the database that holds the keys")
+    keys = KeyStore(database) if auth and database is not None else None
+    # Observability (issue 4): per-app metrics, traces from OTEL_* env, engines that count calls.
+    metrics = Metrics() if metrics is None else metrics
+    tracer = TurnTracer.from_env() if tracer is None else tracer
+    engines = instrument(engines, metrics.engine_call, metrics.engine_error)
+    state = AppState(settings, engines, database, keys, metrics=metrics, tracer=tracer)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -109,26 +146,124 @@ def create_app(
         # uvicorn has sent every open WebSocket a close frame by now; let their sessions end.
         if state.sessions:
             await asyncio.wait(set(state.sessions), timeout=5)
+        state.tracer.shutdown()  # observability (issue 4): flush the last traces
+
+    async def client_secrets(request: Request) -> JSONResponse:
+        return await _client_secret(request, state)
 
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            metrics.route(),  # observability (issue 4): GET /metrics
+            Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
         ],
+        middleware=[Middleware(AuthMiddleware, keys=keys, limiter=state.limiter)],
         lifespan=lifespan,
     )
     app.state.parley = state
     return app
 
 
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    code: str,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
+        status_code=status,
+    )
+
+
+async def _client_secret(request: Request, state: AppState) -> JSONResponse:
+    """``POST /v1/realtime/client_secrets``: an ephemeral key bound to a session config."""
+    principal = principal_of(request.scope)
+    if state.keys is None or principal.key is None:
+        return openai_error(
+            400,
+            "client secrets need authentication (parley serve without "
+            "--no-auth) and a standard API key",
+            code="auth_disabled",
+        )
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return openai_error(400, "the body is not valid JSON", code="invalid_json")
+    if not isinstance(body, dict):
+        return openai_error(400, "the body must be a JSON object", code="invalid_json")
+    expires = body.get("expires_after") or {}
+    seconds = expires.get("seconds", 600) if isinstance(expires, dict) else None
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        return openai_error(
+            400,
+            "expires_after.seconds must be an integer",
+            param="expires_after.seconds",
+            code="invalid_type",
+        )
+    config = body.get("session") or {"type": "realtime"}
+    kind = config.get("type", "realtime") if isinstance(config, dict) else None
+    if kind not in ("realtime", "transcription"):
+        return openai_error(
+            400,
+            "session.type must be 'realtime' or 'transcription'",
+            param="session.type",
+            code="invalid_value",
+        )
+    # The same validation a session.update gets: a bad config fails now, not at connect time.
+    preview = RealtimeSession(state.settings, History(), kind=kind)
+    out = preview.receive(json.dumps({"type": "session.update", "session": config}))
+    if out.events and out.events[0]["type"] == "error":
+        error = out.events[0]["error"]
+        param = error.get("param")
+        return openai_error(
+            400,
+            error["message"],
+            code=error.get("code") or "invalid_value",
+            param=f"session.{param.removeprefix('session.')}" if param else None,
+        )
+    try:
+        token, expires_at = state.keys.create_client_secret(principal.key, config, seconds)
+    except ParleyError as exc:
+        return openai_error(400, exc.message, code=exc.code, param=exc.param)
+    return JSONResponse({"value": token, "expires_at": int(expires_at), "session": preview.config})
+
+
 async def _serve_realtime(ws: WebSocket, state: AppState) -> None:
+    principal = principal_of(ws.scope)
+    if not state.limiter.open_session(principal.key):
+        limit = principal.key.limits.max_sessions if principal.key else None
+        await ws.send_denial_response(
+            openai_error(
+                429,
+                f"Too many concurrent Realtime sessions for this key (limit {limit}).",
+                code="rate_limit_exceeded",
+                kind="sessions",
+            )
+        )
+        return
+    state.metrics.session_opened()  # observability (issue 4)
+    try:
+        await _serve_realtime_session(ws, state, principal)
+    finally:
+        state.limiter.close_session(principal.key)
+        state.metrics.session_closed()  # observability (issue 4)
+
+
+async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Principal) -> None:
     offered = list(ws.scope.get("subprotocols", []))
     beta = "realtime=v1" in ws.headers.get("openai-beta", "") or BETA_SUBPROTOCOL in offered
     kind: Literal["realtime", "transcription"] = (
         "transcription" if ws.query_params.get("intent") == "transcription" else "realtime"
     )
     subprotocol = "realtime" if "realtime" in offered else None
+    if subprotocol is None and offered:
+        # Browsers must offer a subprotocol to carry the key; answer with one they offered.
+        subprotocol = next((p for p in offered if not p.startswith(INSECURE_KEY_PROTOCOL)), None)
     await ws.accept(subprotocol=subprotocol)
     engines = state.engines
     pipeline = Pipeline(engines, state.settings, input_rate=24000, output_rate=24000)
@@ -140,18 +275,38 @@ async def _serve_realtime(ws: WebSocket, state: AppState) -> None:
         model=ws.query_params.get("model") or "parley",
         vision=engines.llm.supports_vision,
         asr_model=engines.asr.name,
-        prompts=state.resolve_prompt if state.prompts is not None else None,
+        prompts=state.prompt_resolver(principal.tenant),
+        rate_limits=lambda: _rate_limits(state.limiter, principal),
         timeline=ws.query_params.get("parley_timeline") in ("1", "true"),
     )
+    if principal.session is not None:
+        # An ephemeral key's session configuration is the session's starting point.
+        session.receive(json.dumps({"type": "session.update", "session": principal.session}))
+    bind(session_id=session.id)  # observability (issue 4): this task's and its children's logs
     outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-    connection = _Connection(ws, session, pipeline, engines, outbox)
+    connection = _Connection(ws, session, pipeline, engines, outbox, state.metrics, state.tracer)
     try:
         async with pipeline, asyncio.TaskGroup() as tg:
             writer = tg.create_task(connection.write())
             pump = tg.create_task(connection.pump())
             await connection.deliver(session.open())
+            limit_s = principal.key.limits.max_session_s if principal.key else None
             try:
-                await connection.read()
+                if limit_s is None:
+                    await connection.read()
+                else:
+                    try:
+                        async with asyncio.timeout(limit_s):
+                            await connection.read()
+                    except TimeoutError:
+                        outbox.put_nowait(
+                            session.error(
+                                ClientError(
+                                    f"Your session hit the maximum duration of {limit_s} seconds.",
+                                    code="session_expired",
+                                )
+                            )
+                        )
             finally:
                 pump.cancel()
                 outbox.put_nowait(None)
@@ -163,6 +318,20 @@ async def _serve_realtime(ws: WebSocket, state: AppState) -> None:
             await ws.close(code=1011)
 
 
+def _rate_limits(limiter: Limiter, principal: Principal) -> list[dict[str, Any]]:
+    remaining, reset = limiter.remaining(principal.key)
+    if principal.key is None or remaining is None:
+        return []
+    return [
+        {
+            "name": "requests",
+            "limit": principal.key.limits.requests_per_minute,
+            "remaining": remaining,
+            "reset_seconds": round(reset, 3),
+        }
+    ]
+
+
 @dataclass
 class _Connection:
     ws: WebSocket
@@ -170,6 +339,8 @@ class _Connection:
     pipeline: Pipeline
     engines: Engines
     outbox: asyncio.Queue[dict[str, Any] | None]
+    metrics: Metrics
+    tracer: TurnTracer
 
     async def read(self) -> None:
         while True:
@@ -200,6 +371,7 @@ class _Connection:
         pipeline = self.pipeline
         match command:
             case PushAudio(frame=frame):
+                self.metrics.audio_in(frame.duration_s)  # observability (issue 4)
                 await pipeline.push(frame)
             case CommitInput():
                 return pipeline.commit()
@@ -231,6 +403,11 @@ class _Connection:
 
     async def pump(self) -> None:
         async for event in self.pipeline.events():
+            self.metrics.observe(event)  # observability (issue 4): metrics, trace, turn log
+            if isinstance(event, ResponseDone):
+                self.tracer.record_turn(self.session.id, event.response_id, event)
+                with log_context(turn_id=event.turn_id, response_id=event.response_id):
+                    log.info("turn done", extra=turn_fields(event))
             for out in self.session.pipeline_event(event).events:
                 self.outbox.put_nowait(out)
 

@@ -325,8 +325,10 @@ class PromptStore:
     most recently.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tenant: str = "") -> None:
         self._db = db
+        # Every query is scoped to this tenant: one tenant never sees another's templates.
+        self.tenant = tenant
 
     def put(self, template: PromptTemplate) -> PromptTemplate:
         """Store a new version; return it with ``created_at`` set.
@@ -336,8 +338,8 @@ class PromptStore:
         """
         with self._db.transaction():
             rows = self._db.query(
-                "SELECT * FROM prompt_templates WHERE id = ? AND version = ?",
-                (template.id, template.version),
+                "SELECT * FROM prompt_templates WHERE tenant = ? AND id = ? AND version = ?",
+                (self.tenant, template.id, template.version),
             )
             if rows:
                 existing = _from_row(rows[0])
@@ -354,9 +356,10 @@ class PromptStore:
                 stored = replace(template, created_at=time.time())
             self._db.execute(
                 "INSERT INTO prompt_templates"
-                " (id, version, description, instructions, variables, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (tenant, id, version, description, instructions, variables, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
+                    self.tenant,
                     stored.id,
                     stored.version,
                     stored.description,
@@ -372,7 +375,8 @@ class PromptStore:
         if version is None:
             return _latest(self.versions(id))
         rows = self._db.query(
-            "SELECT * FROM prompt_templates WHERE id = ? AND version = ?", (id, version)
+            "SELECT * FROM prompt_templates WHERE tenant = ? AND id = ? AND version = ?",
+            (self.tenant, id, version),
         )
         if not rows:
             self.versions(id)  # raises when the id itself is unknown
@@ -381,7 +385,10 @@ class PromptStore:
 
     def versions(self, id: str) -> builtins.list[PromptTemplate]:
         """Every version of prompt ``id``, oldest first."""
-        rows = self._db.query("SELECT * FROM prompt_templates WHERE id = ? ORDER BY seq", (id,))
+        rows = self._db.query(
+            "SELECT * FROM prompt_templates WHERE tenant = ? AND id = ? ORDER BY seq",
+            (self.tenant, id),
+        )
         if not rows:
             raise _invalid(f"unknown prompt {id!r}", "prompt.id")
         return [_from_row(row) for row in rows]
@@ -389,7 +396,9 @@ class PromptStore:
     def list(self) -> builtins.list[PromptTemplate]:
         """The latest version of every prompt, by id."""
         by_id: dict[str, builtins.list[PromptTemplate]] = {}
-        for row in self._db.query("SELECT * FROM prompt_templates ORDER BY id, seq"):
+        for row in self._db.query(
+            "SELECT * FROM prompt_templates WHERE tenant = ? ORDER BY id, seq", (self.tenant,)
+        ):
             template = _from_row(row)
             by_id.setdefault(template.id, []).append(template)
         return [_latest(versions) for versions in by_id.values()]
@@ -397,13 +406,16 @@ class PromptStore:
     def delete(self, id: str, version: str | None = None) -> None:
         """Delete one version of prompt ``id``, or all of them when ``version`` is None."""
         if version is None:
-            changed = self._db.execute("DELETE FROM prompt_templates WHERE id = ?", (id,))
+            changed = self._db.execute(
+                "DELETE FROM prompt_templates WHERE tenant = ? AND id = ?", (self.tenant, id)
+            )
             if not changed:
                 raise _invalid(f"unknown prompt {id!r}", "prompt.id")
             return
         with self._db.transaction():
             changed = self._db.execute(
-                "DELETE FROM prompt_templates WHERE id = ? AND version = ?", (id, version)
+                "DELETE FROM prompt_templates WHERE tenant = ? AND id = ? AND version = ?",
+                (self.tenant, id, version),
             )
             if not changed:
                 self.versions(id)

@@ -1,0 +1,227 @@
+"""Who is calling, and may they: API keys, ephemeral client secrets, per-key limits.
+
+:class:`AuthMiddleware` is plain ASGI. It finds the caller's token (``Authorization: Bearer``,
+or for browsers the WebSocket subprotocol ``openai-insecure-api-key.<key>``), resolves it to a
+:class:`Principal` (the tenant, the key and, for an ephemeral ``ek_`` secret, the session
+configuration it was minted for) and puts that in ``scope["state"]["principal"]``; everything
+downstream is scoped to that tenant. Refusals use OpenAI's error shape: 401 for a missing, wrong,
+revoked or expired key, 429 past a limit. ``/healthz`` needs no key. With auth off
+(``parley serve --no-auth``) every caller is the default tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from parley.store.keys import SECRET_PREFIX, ApiKey, KeyStore
+
+__all__ = ["AuthMiddleware", "Limiter", "Principal", "principal_of"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."
+REALTIME_PATHS = ("/v1/realtime", "/realtime")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str  # "" is the default tenant (auth off)
+    key: ApiKey | None = None
+    # The session configuration an ephemeral secret was minted for.
+    session: dict[str, Any] | None = None
+
+    @property
+    def limits_key(self) -> str:
+        return self.key.id if self.key else ""
+
+
+def principal_of(scope: Scope) -> Principal:
+    principal: Principal = scope.get("state", {}).get("principal", Principal(""))
+    return principal
+
+
+@dataclass
+class Limiter:
+    """Per-key request rate (a sliding minute) and concurrent Realtime sessions, in memory."""
+
+    clock: Callable[[], float] = time.monotonic
+    _requests: dict[str, deque[float]] = field(default_factory=dict)
+    _sessions: dict[str, int] = field(default_factory=dict)
+
+    def request(self, key: ApiKey | None) -> tuple[bool, int | None, float]:
+        """Count a request: (allowed, remaining this minute, seconds until a slot frees)."""
+        limit = key.limits.requests_per_minute if key else None
+        if key is None or limit is None:
+            return True, None, 0.0
+        now = self.clock()
+        window = self._requests.setdefault(key.id, deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= limit:
+            return False, 0, 60 - (now - window[0])
+        window.append(now)
+        reset = 60 - (now - window[0])
+        return True, limit - len(window), reset
+
+    def remaining(self, key: ApiKey | None) -> tuple[int | None, float]:
+        if key is None or key.limits.requests_per_minute is None:
+            return None, 0.0
+        now = self.clock()
+        window = [t for t in self._requests.get(key.id, ()) if t > now - 60]
+        reset = 60 - (now - window[0]) if window else 0.0
+        return key.limits.requests_per_minute - len(window), reset
+
+    def open_session(self, key: ApiKey | None) -> bool:
+        if key is None:
+            return True
+        count = self._sessions.get(key.id, 0)
+        if key.limits.max_sessions is not None and count >= key.limits.max_sessions:
+            return False
+        self._sessions[key.id] = count + 1
+        return True
+
+    def close_session(self, key: ApiKey | None) -> None:
+        if key is not None and self._sessions.get(key.id, 0) > 0:
+            self._sessions[key.id] -= 1
+
+
+def _error_body(message: str, code: str, kind: str = "invalid_request_error") -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    ).encode()
+
+
+class AuthMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyStore | None,
+        limiter: Limiter,
+        *,
+        public: tuple[str, ...] = ("/healthz",),
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if self.keys is None:
+            state["principal"] = Principal("")
+            await self.app(scope, receive, send)
+            return
+        token = _token(scope)
+        principal: Principal | None = None
+        if token is None:
+            failure = (
+                "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.",
+                "missing_api_key",
+            )
+        elif token.startswith(SECRET_PREFIX):
+            secret = (
+                self.keys.redeem_client_secret(token)
+                if kind == "websocket" and scope["path"] in REALTIME_PATHS
+                else None
+            )
+            if secret is not None:
+                principal = Principal(secret.key.tenant.name, secret.key, secret.session)
+            failure = (
+                "Invalid ephemeral key: it is unknown, expired, already used, or not for "
+                "a Realtime connection.",
+                "invalid_api_key",
+            )
+        else:
+            key = self.keys.authenticate(token)
+            if key is not None:
+                principal = Principal(key.tenant.name, key)
+            failure = ("Incorrect API key provided, or the key was revoked.", "invalid_api_key")
+        if principal is None:
+            await _refuse(scope, receive, send, 401, _error_body(*failure))
+            return
+        allowed, remaining, reset = self.limiter.request(principal.key)
+        if not allowed:
+            limit = principal.key.limits.requests_per_minute if principal.key else None
+            await _refuse(
+                scope,
+                receive,
+                send,
+                429,
+                _error_body(
+                    f"Rate limit reached: {limit} requests per minute for this key. "
+                    f"Try again in {reset:.0f} s.",
+                    "rate_limit_exceeded",
+                    "requests",
+                ),
+                headers=[(b"retry-after", str(max(1, round(reset))).encode())],
+            )
+            return
+        state["principal"] = principal
+        if kind == "http" and remaining is not None and principal.key is not None:
+            send = _with_headers(send, [
+                (b"x-ratelimit-limit-requests",
+                 str(principal.key.limits.requests_per_minute).encode()),
+                (b"x-ratelimit-remaining-requests", str(remaining).encode()),
+                (b"x-ratelimit-reset-requests", f"{reset:.0f}s".encode()),
+            ])
+        await self.app(scope, receive, send)
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), *extra]
+        await send(message)
+
+    return wrapped
+
+
+def _token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return str(token.strip())
+    if scope["type"] == "websocket":
+        for protocol in scope.get("subprotocols", []):
+            if protocol.startswith(INSECURE_KEY_PROTOCOL):
+                return str(protocol[len(INSECURE_KEY_PROTOCOL) :])
+    return None
+
+
+async def _refuse(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    head = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+        return
+    # A WebSocket refused before the handshake: an HTTP answer where the server supports it.
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": head})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
