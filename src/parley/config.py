@@ -44,6 +44,7 @@ _STRING_FIELDS = frozenset(
         "knowledge",
         "instructions",
         "host",
+        "metrics_token",
         "database",
     }
 )
@@ -118,6 +119,8 @@ class ServerSettings(_Section):
     port: int = Field(8000, ge=0, le=65535)
     # The embedded database (prompt templates; later keys and tenants). Relative to the cwd.
     database: Path = Path("parley.db")
+    # Bearer token for /metrics (all tenants' figures); unset: loopback clients only.
+    metrics_token: str | None = None
 
 
 class Settings(_Section):

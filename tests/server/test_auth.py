@@ -204,3 +204,35 @@ async def test_auth_limits(auth_server: AuthServer) -> None:
         await conn.recv_bytes()
         error = json.loads(await asyncio.wait_for(conn.recv_bytes(), 5))
         assert error["type"] == "error" and error["error"]["code"] == "session_expired"
+
+
+async def test_auth_metrics_need_the_operator_token_not_a_tenant_key(
+    auth_server: AuthServer,
+) -> None:
+    s = auth_server
+    url = f"http://127.0.0.1:{s.server.port}/metrics"
+    async with httpx.AsyncClient() as http:
+        # No metrics token is configured: loopback scrapes work (the tests run on loopback).
+        assert (await http.get(url)).status_code == 200
+
+
+def test_auth_metrics_token(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from parley.config import load_settings
+    from parley.engines.registry import build_engines
+    from parley.server.app import create_app
+
+    settings = load_settings(env={}, overrides={"server.metrics_token": "op-secret"})
+    database = Database(tmp_path / "p.db")
+    app = create_app(settings, build_engines(settings), database=database)
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 401
+        tenant_key = "sk-parley-" + "x" * 40
+        assert (
+            client.get("/metrics", headers={"Authorization": f"Bearer {tenant_key}"}).status_code
+            == 401
+        )
+        ok = client.get("/metrics", headers={"Authorization": "Bearer op-secret"})
+        assert ok.status_code == 200 and "parley_active_sessions" in ok.text
+    database.close()

@@ -159,7 +159,14 @@ def create_app(
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
         ],
-        middleware=[Middleware(AuthMiddleware, keys=keys, limiter=state.limiter)],
+        middleware=[
+            Middleware(
+                AuthMiddleware,
+                keys=keys,
+                limiter=state.limiter,
+                metrics_token=settings.server.metrics_token,
+            )
+        ],
         lifespan=lifespan,
     )
     app.state.parley = state

@@ -5,12 +5,14 @@ or for browsers the WebSocket subprotocol ``openai-insecure-api-key.<key>``), re
 :class:`Principal` (the tenant, the key and, for an ephemeral ``ek_`` secret, the session
 configuration it was minted for) and puts that in ``scope["state"]["principal"]``; everything
 downstream is scoped to that tenant. Refusals use OpenAI's error shape: 401 for a missing, wrong,
-revoked or expired key, 429 past a limit. ``/healthz`` needs no key. With auth off
-(``parley serve --no-auth``) every caller is the default tenant.
+revoked or expired key, 429 past a limit. ``/healthz`` needs no key; ``/metrics`` (all tenants
+together) takes the operator's ``server.metrics_token``, or with none set only loopback clients.
+With auth off (``parley serve --no-auth``) every caller is the default tenant.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections import deque
@@ -29,6 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."
+METRICS_PATH = "/metrics"
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
 
 
@@ -108,11 +111,13 @@ class AuthMiddleware:
         limiter: Limiter,
         *,
         public: tuple[str, ...] = ("/healthz",),
+        metrics_token: str | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.public = public
+        self.metrics_token = metrics_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -123,6 +128,23 @@ class AuthMiddleware:
         if self.keys is None:
             state["principal"] = Principal("")
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == METRICS_PATH:
+            # Metrics add up every tenant: an operator's token, never a tenant's key.
+            if self._metrics_allowed(scope):
+                await self.app(scope, receive, send)
+            else:
+                await _refuse(
+                    scope,
+                    receive,
+                    send,
+                    401,
+                    _error_body(
+                        "/metrics needs the operator's metrics token (server.metrics_token), or a "
+                        "loopback client when none is set.",
+                        "invalid_api_key",
+                    ),
+                )
             return
         token = _token(scope)
         principal: Principal | None = None
@@ -171,13 +193,25 @@ class AuthMiddleware:
             return
         state["principal"] = principal
         if kind == "http" and remaining is not None and principal.key is not None:
-            send = _with_headers(send, [
-                (b"x-ratelimit-limit-requests",
-                 str(principal.key.limits.requests_per_minute).encode()),
-                (b"x-ratelimit-remaining-requests", str(remaining).encode()),
-                (b"x-ratelimit-reset-requests", f"{reset:.0f}s".encode()),
-            ])
+            send = _with_headers(
+                send,
+                [
+                    (
+                        b"x-ratelimit-limit-requests",
+                        str(principal.key.limits.requests_per_minute).encode(),
+                    ),
+                    (b"x-ratelimit-remaining-requests", str(remaining).encode()),
+                    (b"x-ratelimit-reset-requests", f"{reset:.0f}s".encode()),
+                ],
+            )
         await self.app(scope, receive, send)
+
+    def _metrics_allowed(self, scope: Scope) -> bool:
+        if self.metrics_token:
+            token = _token(scope)
+            return token is not None and hmac.compare_digest(token, self.metrics_token)
+        client = scope.get("client")
+        return client is not None and client[0] in ("127.0.0.1", "::1", "localhost")
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
