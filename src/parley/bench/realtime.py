@@ -917,6 +917,9 @@ def add_bench_parser(subparsers: Any) -> None:
         "bench", parents=[debug], help="load-test a Realtime server and report its latency"
     )
     actions = bench.add_subparsers(dest="bench_command", required=True)
+    from parley.bench import engines as engine_bench
+
+    engine_bench.add_parser(actions, [debug])
 
     rt = actions.add_parser(
         "realtime",
