@@ -89,7 +89,7 @@ def start_parley(port: int, env: dict[str, str], db: Path, sets: list[str]
     extra = [arg for item in sets for arg in ("--set", item)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "parley.cli", "serve", "--port", str(port), "--log-level",
-         "error", "--set", f"server.database={db}", *extra],
+         "error", "--no-auth", "--set", f"server.database={db}", *extra],
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
