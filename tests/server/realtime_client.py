@@ -55,6 +55,32 @@ class Client:
             if realtime:
                 await asyncio.sleep(0.02)
 
+    async def ask(self, text: str) -> None:
+        """A user text message, then ``response.create``."""
+        await self.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+        await self.send({"type": "response.create"})
+
+    async def start_slow_reply(self) -> dict[str, Any]:
+        """Make the scripted LLM answer slowly and wait for the reply's first audio."""
+        await self.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "instructions": "SLOW: at length."},
+            }
+        )
+        await self.until("session.updated")
+        await self.ask("Tell me everything.")
+        return await self.until("response.output_audio.delta")
+
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
 

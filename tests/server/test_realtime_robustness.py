@@ -128,17 +128,7 @@ async def test_realtime_bad_input_gets_error_events_and_session_goes_on(server: 
         await c.send_raw(b"\x00\x01")
         await c.until("error")
         # And the session still works.
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "hello"}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
+        await c.ask("hello")
         assert (await c.until("response.done"))["response"]["status"] == "completed"
 
 
@@ -148,17 +138,7 @@ async def test_realtime_sessions_are_isolated(server: Server, clips: dict[str, C
     async def rude() -> None:
         async with connect(server) as c:
             await c.send_raw("garbage")
-            await c.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "talk to me"}],
-                    },
-                }
-            )
-            await c.send({"type": "response.create"})
+            await c.ask("talk to me")
             await c.until("response.output_audio.delta")
             # leave without closing politely: drop the TCP connection mid-response
             c.conn._connection.transport.abort()
@@ -244,17 +224,7 @@ async def test_realtime_idle_timeout_prompts_a_reply(
             }
         )
         await c.until("session.updated")
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "How do I start parley?"}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
+        await c.ask("How do I start parley?")
         done = await c.until("response.done")
         audio_ms = len(decode_audio(c.events)) / 24
         silence = base64.b64encode(bytes(960)).decode()  # 20 ms at 24 kHz

@@ -144,17 +144,7 @@ async def test_realtime_function_call_round_trip(
     async with connect(llm_server) as c:
         await c.send({"type": "session.update", "session": {"type": "realtime", "tools": [tool]}})
         await c.until("session.updated")
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "What's the weather in Paris?"}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
+        await c.ask("What's the weather in Paris?")
         args = await c.until("response.function_call_arguments.done")
         assert args["name"] == "get_weather"
         assert args["arguments"] == '{"city": "Paris"}'
@@ -190,26 +180,7 @@ async def test_realtime_barge_in_cancels_and_truncate_cuts_transcript(
     llm_server: Server, clips: dict[str, Clip]
 ) -> None:
     async with connect(llm_server) as c:
-        await c.send(
-            {
-                "type": "session.update",
-                "session": {"type": "realtime", "instructions": "SLOW: answer at length."},
-            }
-        )
-        await c.until("session.updated")
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Tell me everything."}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
-        first = await c.until("response.output_audio.delta")
-        item_id = first["item_id"]
+        item_id = (await c.start_slow_reply())["item_id"]
         await c.append(speech_24k(clips["en_sb_culprit"].path, trailing_silence_ms=100))
         await c.until("input_audio_buffer.speech_started")
         done = await c.until("response.done")
@@ -244,21 +215,7 @@ async def test_realtime_barge_in_cancels_and_truncate_cuts_transcript(
 
 async def test_realtime_response_cancel_stops_audio(llm_server: Server) -> None:
     async with connect(llm_server) as c:
-        await c.send(
-            {"type": "session.update", "session": {"type": "realtime", "instructions": "SLOW"}}
-        )
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Talk."}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
-        await c.until("response.output_audio.delta")
+        await c.start_slow_reply()
         await c.send({"type": "response.cancel"})
         done = await c.until("response.done")
         assert done["response"]["status"] == "cancelled"
@@ -319,17 +276,7 @@ async def test_realtime_prompt_template_with_variables(
         )
         updated = (await c.until("session.updated"))["session"]
         assert updated["prompt"]["id"] == "pmpt_support"
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "hello"}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
+        await c.ask("hello")
         await c.until("response.done")
         system = fake_llm.requests[-1]["messages"][0]
         assert system["role"] == "system"
@@ -445,21 +392,7 @@ def test_readme_sdk_example_works(
 
 async def test_realtime_output_audio_buffer_clear_stops_the_reply(llm_server: Server) -> None:
     async with connect(llm_server) as c:
-        await c.send(
-            {"type": "session.update", "session": {"type": "realtime", "instructions": "SLOW"}}
-        )
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Talk."}],
-                },
-            }
-        )
-        await c.send({"type": "response.create"})
-        await c.until("response.output_audio.delta")
+        await c.start_slow_reply()
         await c.send({"type": "output_audio_buffer.clear"})
         done = await c.until("response.done")
         assert done["response"]["status"] == "cancelled"
