@@ -59,6 +59,8 @@ from parley.server.auth import (
     principal_of,
 )
 from parley.server.metrics import Metrics
+from parley.server.openapi import openapi_document
+from parley.server.rest import rest_routes
 from parley.server.tracing import TurnTracer
 from parley.store import Database, PromptStore, render
 from parley.store.keys import KeyStore
@@ -148,6 +150,11 @@ def create_app(
             await asyncio.wait(set(state.sessions), timeout=5)
         state.tracer.shutdown()  # observability (issue 4): flush the last traces
 
+    document = openapi_document()
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
     async def client_secrets(request: Request) -> JSONResponse:
         return await _client_secret(request, state)
 
@@ -156,9 +163,12 @@ def create_app(
             Route("/healthz", healthz),
             metrics.route(),  # observability (issue 4): GET /metrics
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
+            Route("/openapi.json", openapi),
+            *rest_routes(settings, engines),
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
         ],
+        exception_handlers={404: _http_error, 405: _http_error},
         middleware=[
             Middleware(
                 AuthMiddleware,
@@ -185,6 +195,16 @@ def openai_error(
         {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Unknown paths and wrong methods, in OpenAI's error shape rather than plain text."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return openai_error(
+            405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"
+        )
+    return openai_error(404, f"Unknown path {request.url.path}", code="not_found")
 
 
 async def _client_secret(request: Request, state: AppState) -> JSONResponse:
