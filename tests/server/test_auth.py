@@ -236,3 +236,27 @@ def test_auth_metrics_token(tmp_path: Path) -> None:
         ok = client.get("/metrics", headers={"Authorization": "Bearer op-secret"})
         assert ok.status_code == 200 and "parley_active_sessions" in ok.text
     database.close()
+
+
+async def test_auth_rest_endpoints_through_parley_serve_with_a_key(
+    auth_server: AuthServer, clips: dict[str, Any]
+) -> None:
+    """Every REST endpoint through the SDK against the full server, keyed; none without."""
+    s = auth_server
+    async with sdk(s, s.key_a) as client:
+        speech = await client.audio.speech.create(
+            model="tts-1", voice="alloy", input="Hello from parley.", response_format="wav"
+        )
+        audio = await speech.aread()
+        assert audio[:4] == b"RIFF" and len(audio) > 10_000
+        with clips["en_goforward_raw"].path.open("rb") as f:
+            text = await client.audio.transcriptions.create(model="whisper-1", file=f)
+        assert "forward" in text.text
+        chat = await client.chat.completions.create(
+            model="parley", messages=[{"role": "user", "content": "How do I start parley?"}]
+        )
+        assert "parley" in (chat.choices[0].message.content or "").lower()
+        assert any(m.id == "whisper-1" for m in (await client.models.list()).data)
+    async with sdk(s, "sk-parley-nope") as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.models.list()
