@@ -258,3 +258,21 @@ async def test_pocketsphinx_dead_worker_is_an_engine_error() -> None:
     asr._workers[0]._process.join()
     with pytest.raises(EngineUnavailableError):
         await asr.transcribe(_clip("en_sr_one_two_three"))
+
+
+async def test_pocketsphinx_result_does_not_depend_on_chunking(asr: PocketsphinxASR) -> None:
+    """A loaded server coalesces packets; the same audio must give the same transcript."""
+    clip = _clip("en_librivox_0870")
+
+    async def chunks(sizes: list[int]) -> AsyncIterator[Frame]:
+        i = 0
+        for size in itertools.cycle(sizes):
+            if i >= len(clip):
+                return
+            yield Frame(clip.samples[i : i + size], clip.sample_rate)
+            i += size
+
+    results = []
+    for sizes in ([320], [4800, 320, 960], [16000]):
+        results.append([t async for t in asr.stream(chunks(sizes))][-1])
+    assert results[0] == results[1] == results[2]

@@ -244,3 +244,15 @@ async def test_pipeline_resamples_other_input_rates() -> None:
     assert 7000 <= asr.utterances[0] <= 16000
     assert any(isinstance(e, ResponseStarted) for e in events)
     assert any(isinstance(e, TranscriptPartial) for e in events)
+
+
+async def test_pipeline_trailing_silence_is_not_recognised_but_pauses_are() -> None:
+    engines, asr, _, _ = fake_engines()
+    p = Pipeline(engines, fake_settings(silence_duration_ms=500, prefix_padding_ms=0))
+    # 400 ms of speech, a 300 ms pause (shorter than the silence window), 400 ms of speech,
+    # then silence that ends the turn.
+    await run(p, [tone(400), silence(300), tone(400), silence(900)])
+    fed_ms = asr.utterances[0] / 16
+    # Both stretches of speech and the whole pause reach the recogniser (held audio is released
+    # when speech resumes), but at most ~200 ms (+ one packet) of the trailing silence does.
+    assert 400 + 300 + 400 <= fed_ms <= 400 + 300 + 400 + 200 + 64

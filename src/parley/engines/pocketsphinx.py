@@ -41,6 +41,8 @@ from parley.errors import BadAudioError, ConfigError, EngineUnavailableError
 __all__ = ["DEFAULT_DECODER_OPTIONS", "PocketsphinxASR"]
 
 _SAMPLE_RATE = 16000
+# Audio goes to the decoder in blocks of this size (100 ms), whatever the caller's chunking.
+_BLOCK_BYTES = 2 * 1600
 
 DEFAULT_DECODER_OPTIONS: dict[str, Any] = {
     "beam": 1e-40,
@@ -129,6 +131,7 @@ class _Utterance:
         "_frate",
         "_lock",
         "_partial_samples",
+        "_pending",
         "_pool",
         "_samples",
         "_since_partial",
@@ -141,6 +144,7 @@ class _Utterance:
         self._decoder: Decoder | None = None
         self._samples = 0
         self._since_partial = 0
+        self._pending = bytearray()
         self._done = False
         # A cancelled stream's last feed() may still be running when abort() is submitted.
         self._lock = threading.Lock()
@@ -151,8 +155,16 @@ class _Utterance:
             if self._done:
                 return None
             decoder = self._start()
-            decoder.process_raw(pcm, False, False)
-            n = len(pcm) // 2
+            # Decode in fixed blocks whatever the chunking of the input: the decoder's live
+            # normalisation updates per call, so the same audio cut differently (as a loaded
+            # server coalesces packets) would otherwise give a different transcript.
+            self._pending += pcm
+            whole = len(self._pending) - len(self._pending) % _BLOCK_BYTES
+            if whole == 0:
+                return None
+            decoder.process_raw(bytes(self._pending[:whole]), False, False)
+            del self._pending[:whole]
+            n = whole // 2
             self._samples += n
             self._since_partial += n
             if self._since_partial < self._partial_samples:
@@ -172,6 +184,10 @@ class _Utterance:
                 return Transcript(text="", is_final=True, language="en")
             decoder = self._decoder
             try:
+                if self._pending:
+                    decoder.process_raw(bytes(self._pending), False, False)
+                    self._samples += len(self._pending) // 2
+                    self._pending.clear()
                 decoder.end_utt()
                 return _final(decoder, self._frate, self._samples / _SAMPLE_RATE)
             finally:

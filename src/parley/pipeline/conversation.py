@@ -68,6 +68,9 @@ from parley.pipeline.turns import TurnDetector
 __all__ = ["Pipeline", "ResponseOptions"]
 
 _RECENT_RESPONSES = 32
+# The first part of a pause still goes to the recogniser (soft word endings, its own
+# end-of-word decisions); the rest is held back until speech resumes.
+ASR_TAIL_MS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ class Pipeline:
         self._vad_samples = 0
         self._last_voiced_ns = 0
         self._prefix: deque[PCM16] = deque()
+        self._held: deque[PCM16] = deque()
         self._prefix_samples = 0
         self._manual: list[PCM16] = []
         self._turn: _Turn | None = None
@@ -230,8 +234,11 @@ class Pipeline:
             self._manual.append(asr_audio)
             return
         # VAD and ASR usually share a rate (16 kHz): resample once for both.
-        vad_audio = (asr_audio if self._vad_rs.out_rate == self._asr_rs.out_rate
-                     else self._vad_rs.process(frame.samples))
+        vad_audio = (
+            asr_audio
+            if self._vad_rs.out_rate == self._asr_rs.out_rate
+            else self._vad_rs.process(frame.samples)
+        )
         vad_frame = Frame(vad_audio, self.engines.vad.sample_rate)
         window = self._vad.window_samples
         fed = False
@@ -248,11 +255,22 @@ class Pipeline:
                 await self._begin_turn(edge.at_ms)
                 fed = self._feed_turn(asr_audio)
             else:
-                if not fed:
-                    fed = self._feed_turn(asr_audio)
+                # The turn ended in silence: what was held back is that silence; drop it.
+                self._held.clear()
                 self._end_turn(edge.at_ms)
-        if not fed and not self._feed_turn(asr_audio):
+                fed = True
+        if fed:
+            return
+        if self._turn is None:
             self._remember_prefix(asr_audio)
+        elif self._detector.silence_ms > ASR_TAIL_MS:
+            # A pause: hold the audio back until speech resumes. If the turn ends instead, the
+            # recogniser never decodes its trailing silence (~500 ms of every turn).
+            self._held.append(asr_audio)
+        else:
+            while self._held:
+                self._feed_turn(self._held.popleft())
+            self._feed_turn(asr_audio)
 
     def _feed_turn(self, audio: PCM16) -> bool:
         if self._turn is None:
@@ -297,6 +315,7 @@ class Pipeline:
         """End the user's turn now (manual turn taking); returns the turn id."""
         if self._turn is not None:
             turn = self._turn
+            self._held.clear()  # trailing silence of the turn
             edge = self._detector.force_stop()
             self._end_turn(edge.at_ms if edge else self.input_ms)
             return turn.id
@@ -324,6 +343,7 @@ class Pipeline:
         """Drop buffered input that no turn has taken yet."""
         self._manual.clear()
         self._prefix.clear()
+        self._held.clear()
         self._prefix_samples = 0
 
     async def end_of_input(self) -> None:

@@ -52,6 +52,11 @@ class TurnDetector:
         return max(self.threshold - HYSTERESIS, 0.01)
 
     @property
+    def silence_ms(self) -> float:
+        """How long the current turn has been silent (0 while voiced or between turns)."""
+        return self._silence_ms
+
+    @property
     def last_voiced_end_ms(self) -> float:
         return self._last_voiced_end_ms
 
