@@ -10,8 +10,10 @@ concerns when there is one. Errors are split by who is at fault::
     │   ├── SilentAudioError         no_speech              (readable audio with no speech in it)
     │   ├── InputTooLargeError       input_too_large        (text or message over a limit)
     │   └── ConfigError              invalid_config         (a setting that cannot be honoured)
-    └── EngineError                  engine_error           (a model or backend failed)
-        └── EngineUnavailableError   engine_unavailable     (could not be loaded or reached)
+    ├── EngineError                  engine_error           (a model or backend failed)
+    │   └── EngineUnavailableError   engine_unavailable     (could not be loaded or reached)
+    └── RequestAborted               request_aborted        (its session was interrupted;
+                                                             parley.engines.batching)
 
 A client error is never retried and never fails over; an engine error may be.
 """
