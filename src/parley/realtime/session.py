@@ -49,6 +49,18 @@ from parley.pipeline.events import (
 from parley.pipeline.history import History, new_id
 from parley.realtime import wire
 from parley.realtime.beta import server_event_to_beta
+from parley.realtime.commands import (
+    CancelResponse,
+    ClearInput,
+    ClearOutput,
+    Command,
+    CommitInput,
+    Configure,
+    CreateResponse,
+    PushAudio,
+    TranscribeItem,
+    Truncate,
+)
 from parley.realtime.items import (
     ItemRecord,
     assistant_item,
@@ -79,82 +91,6 @@ __all__ = [
 # deciding the caller has finished (OpenAI: "low" waits longest, "high" answers soonest).
 EAGERNESS_SILENCE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}
 
-
-# --- commands for the pipeline ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PushAudio:
-    frame: Any  # parley.audio.Frame; Any keeps this module free of numpy typing noise
-
-
-@dataclass(frozen=True, slots=True)
-class CommitInput:
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClearInput:
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Configure:
-    """Apply the session's configuration to the pipeline."""
-
-    input_rate: int
-    output_rate: int
-    turn_detection: TurnDetectionSettings
-    defaults: ResponseOptions
-    instructions: str | tuple[ContentPart, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CreateResponse:
-    options: ResponseOptions
-    event_id: str | None
-    metadata: dict[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResponse:
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClearOutput:
-    """Stop playing (``output_audio_buffer.clear``): cut the reply where it is."""
-
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Truncate:
-    item_id: str
-    audio_end_ms: int
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TranscribeItem:
-    """Recognise the audio of a client-created user item (no transcript was given)."""
-
-    item_id: str
-    frame: Any
-    event_id: str | None
-
-
-Command = (
-    PushAudio
-    | CommitInput
-    | ClearInput
-    | Configure
-    | CreateResponse
-    | CancelResponse
-    | ClearOutput
-    | Truncate
-    | TranscribeItem
-)
 
 # Resolves a stored prompt template: (id, version, variables) -> instructions.
 PromptResolver = Callable[[str, str | None, dict[str, Any]], str | tuple[ContentPart, ...]]
@@ -1078,11 +1014,17 @@ class RealtimeSession:
         )
         events.append(self._event("rate_limits.updated", rate_limits=self._rate_limits()))
         if self.timeline:
-            events.append(self._event(
-                "parley.turn.timeline", response_id=state.id, item_id=state.item_id,
-                status=status, audio_ms=round(state.audio_ms, 1), **event.timeline.to_dict(),
-                _first_audio_out_ns=event.timeline.marks.get("first_audio_out"),
-            ))
+            events.append(
+                self._event(
+                    "parley.turn.timeline",
+                    response_id=state.id,
+                    item_id=state.item_id,
+                    status=status,
+                    audio_ms=round(state.audio_ms, 1),
+                    **event.timeline.to_dict(),
+                    _first_audio_out_ns=event.timeline.marks.get("first_audio_out"),
+                )
+            )
         td = self._audio("input").get("turn_detection") or {}
         idle = td.get("idle_timeout_ms")
         if status == "completed" and idle:

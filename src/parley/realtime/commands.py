@@ -1,0 +1,101 @@
+"""What the Realtime session asks of the pipeline: plain commands, carried out by the server.
+
+The session (sans I/O) returns these; ``parley.server`` executes each on the connection's
+pipeline and reports the outcome back to the session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parley.audio.frames import Frame
+from parley.config import TurnDetectionSettings
+from parley.engines.base import ContentPart
+from parley.pipeline.conversation import ResponseOptions
+
+__all__ = [
+    "CancelResponse",
+    "ClearInput",
+    "ClearOutput",
+    "Command",
+    "CommitInput",
+    "Configure",
+    "CreateResponse",
+    "PushAudio",
+    "TranscribeItem",
+    "Truncate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PushAudio:
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInput:
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClearInput:
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """Apply the session's configuration to the pipeline."""
+
+    input_rate: int
+    output_rate: int
+    turn_detection: TurnDetectionSettings
+    defaults: ResponseOptions
+    instructions: str | tuple[ContentPart, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResponse:
+    options: ResponseOptions
+    event_id: str | None
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResponse:
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClearOutput:
+    """Stop playing (``output_audio_buffer.clear``): cut the reply where it is."""
+
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    item_id: str
+    audio_end_ms: int
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscribeItem:
+    """Recognise the audio of a client-created user item (no transcript was given)."""
+
+    item_id: str
+    frame: Frame
+    event_id: str | None
+
+
+Command = (
+    PushAudio
+    | CommitInput
+    | ClearInput
+    | Configure
+    | CreateResponse
+    | CancelResponse
+    | ClearOutput
+    | Truncate
+    | TranscribeItem
+)
