@@ -350,7 +350,8 @@ class RealtimeSession:
 
     def _record(self, item_id: str, event_id: str | None) -> ItemRecord:
         record = self._items.get(item_id)
-        if record is None or (self.history.get(item_id) is None and item_id in self._items):
+        # A committed user item is known before its transcript puts it in the history.
+        if record is None:
             raise wire.ProtocolError(
                 f"Item with item_id not found: {item_id}",
                 param="item_id",
