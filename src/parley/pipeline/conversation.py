@@ -432,10 +432,6 @@ class Pipeline:
 
     # --- responses ---------------------------------------------------------------------------
 
-    @property
-    def response_active(self) -> bool:
-        return self._response is not None
-
     def start_response(
         self,
         options: ResponseOptions | None = None,

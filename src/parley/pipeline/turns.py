@@ -56,10 +56,6 @@ class TurnDetector:
         """How long the current turn has been silent (0 while voiced or between turns)."""
         return self._silence_ms
 
-    @property
-    def last_voiced_end_ms(self) -> float:
-        return self._last_voiced_end_ms
-
     def feed(self, probability: float, start_ms: float, end_ms: float) -> SpeechEdge | None:
         """One window's probability; returns the edge it causes, if any."""
         match self.state:

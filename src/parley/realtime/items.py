@@ -32,8 +32,6 @@ class ItemRecord:
 
     id: str
     wire: dict[str, Any]
-    # Which content part carries the audio transcript of a user or assistant audio item.
-    audio_part: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -145,7 +145,6 @@ class RealtimeSession:
         # parley's extension: a ``parley.turn.timeline`` event after each response.done.
         self.timeline = timeline
         self._rate_limits = rate_limits or list
-        self._asr_model = asr_model
         td = settings.turn_detection
         self.config: dict[str, Any] = {
             "type": kind,
@@ -712,7 +711,7 @@ class RealtimeSession:
                 previous = self._previous_of(item_id)
                 wire_item = user_item(item_id, [{"type": "input_audio", "transcript": None}])
                 self._items[item_id] = ItemRecord(
-                    item_id, wire_item, audio_part=0, extra={"audio_s": audio_ms / 1000}
+                    item_id, wire_item, extra={"audio_s": audio_ms / 1000}
                 )
                 return Output(
                     [
@@ -849,7 +848,7 @@ class RealtimeSession:
         state.message_open = True
         item = assistant_item(state.item_id, "in_progress", audio=state.audio)
         previous = self._previous_of(state.item_id)
-        self._items[state.item_id] = ItemRecord(state.item_id, item, audio_part=0)
+        self._items[state.item_id] = ItemRecord(state.item_id, item)
         part = {"type": "audio", "transcript": ""} if state.audio else {"type": "text", "text": ""}
         index = len(state.output)
         state.output.append(item)
