@@ -217,6 +217,13 @@ class SpeechOptions:
     language: str | None = None
     speed: float = 1.0
     sample_rate: int = 24000
+    stream: str | None = None
+    """Whose speech this is (a response id). Batched engines share their queue fairly between
+    streams and abort a stream's queued work when its caller stops listening. None: the call
+    is a stream of its own."""
+    continuation: bool = False
+    """A later clause of a stream that is already playing. A stream's first clause (what its
+    listener is waiting to hear) goes ahead of continuations in a batched engine's queue."""
 
 
 # --- Protocols -------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ This module must not import an engine, touch a device, or read a clock inside :c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -49,6 +50,7 @@ __all__ = [
     "Execute",
     "RequestAborted",
     "Runner",
+    "Scheduler",
 ]
 
 
@@ -414,3 +416,92 @@ class Runner:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
+
+
+class Scheduler:
+    """What a batched engine owns: a :class:`Batcher` and its :class:`Runner`.
+
+    The runner's loop starts in whichever event loop first calls :meth:`submit` (engines are
+    built before a loop exists, and one process may run several loops in turn: a CLI command,
+    then tests). A submit from a different loop than the running one starts afresh with an
+    empty batcher, since requests queued in a closed loop can never be answered.
+
+    ``observe(callback)`` registers ``callback(batch_size)``, called once per batch; the server
+    passes ``functools.partial(metrics.batch, engine_name)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        execute: Execute,
+        *,
+        max_batch_size: int = 8,
+        max_wait_s: float = 0.005,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._execute = execute
+        self._clock = clock
+        self._observers: list[Callable[[int], None]] = []
+        # Validate the settings now, at configuration time, not at the first request.
+        self._batcher = Batcher(max_batch_size=max_batch_size, max_wait_s=max_wait_s)
+        self._runner: Runner | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def observe(self, callback: Callable[[int], None]) -> None:
+        self._observers.append(callback)
+
+    def _on_batch(self, size: int) -> None:
+        for callback in self._observers:
+            callback(size)
+
+    def _ensure(self) -> Runner:
+        loop = asyncio.get_running_loop()
+        if (
+            self._runner is None
+            or self._loop is not loop
+            or self._task is None
+            or self._task.done()
+        ):
+            self._batcher = Batcher(max_batch_size=self.max_batch_size, max_wait_s=self.max_wait_s)
+            self._runner = Runner(
+                self._batcher, self._execute, clock=self._clock, on_batch=self._on_batch
+            )
+            self._task = loop.create_task(self._runner.run(), name=f"{self.name}-batch-runner")
+            self._loop = loop
+        return self._runner
+
+    async def submit(
+        self, session_id: str, payload: object, *, first: bool, cost: int = 1
+    ) -> object:
+        """Queue one request for the engine and wait for its output (see :meth:`Runner.submit`)."""
+        return await self._ensure().submit(session_id, payload, first=first, cost=cost)
+
+    def abort(self, session_id: str) -> list[str]:
+        """Abort the session's queued and running requests (barge-in, disconnect)."""
+        if self._runner is None or self._loop is not _running_loop():
+            return []
+        return self._runner.abort(session_id)
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._batcher.stats
+
+    async def aclose(self) -> None:
+        """Stop the runner; pending requests fail with EngineUnavailableError."""
+        task, self._task, self._runner = self._task, None, None
+        if task is None or task.done() or self._loop is not _running_loop():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -41,6 +41,12 @@ def _pocketsphinx(s: ASRSettings) -> ASR:
     return PocketsphinxASR(language=s.language, **s.options)
 
 
+def _whisper(s: ASRSettings) -> ASR:
+    from parley.engines.whisper import WhisperASR
+
+    return WhisperASR(language=s.language, **s.options)
+
+
 def _openai(s: LLMSettings) -> LLM:
     from parley.engines.openai_llm import OpenAILLM
 
@@ -71,11 +77,23 @@ def _espeak(s: TTSSettings) -> TTS:
     return EspeakTTS(default_voice=s.voice, **s.options)
 
 
+def _vits(s: TTSSettings) -> TTS:
+    from parley.engines.vits import VitsTTS
+
+    return VitsTTS(default_voice=s.voice, **s.options)
+
+
+def _piper(s: TTSSettings) -> TTS:
+    from parley.engines.piper import PiperTTS
+
+    return PiperTTS(default_voice=s.voice, **s.options)
+
+
 _BUILDERS: dict[Kind, dict[str, Callable[[Any], Any]]] = {
     "vad": {"silero": _silero},
-    "asr": {"pocketsphinx": _pocketsphinx},
+    "asr": {"pocketsphinx": _pocketsphinx, "whisper": _whisper},
     "llm": {"openai": _openai, "faq": _faq},
-    "tts": {"espeak": _espeak},
+    "tts": {"espeak": _espeak, "vits": _vits, "piper": _piper},
 }
 
 

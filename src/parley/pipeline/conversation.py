@@ -647,6 +647,7 @@ class Pipeline:
         )
         while (clause := await clauses.get()) is not None:
             start = resp.audio_samples
+            opts = replace(opts, stream=resp.id, continuation=start > 0)
             async with contextlib.aclosing(self.engines.tts.synthesize(clause, opts)) as audio:
                 async for frame in audio:
                     if len(frame) == 0:

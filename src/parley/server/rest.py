@@ -46,7 +46,7 @@ import time
 import zlib
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +70,7 @@ from parley.engines.base import (
 )
 from parley.engines.registry import Engines
 from parley.errors import ClientError, InputTooLargeError, ParleyError
+from parley.pipeline.history import new_id
 from parley.pipeline.segmenter import ClauseSegmenter
 from parley.pipeline.segments import find_speech
 from parley.server.chat import ChatCompletionRequest, Completion, Reply, chat_request
@@ -306,8 +307,10 @@ class _RestAPI:
         segmenter = ClauseSegmenter()
         clauses = segmenter.push(text)
         rest = segmenter.flush()
-        for clause in [*clauses, *([rest] if rest else [])]:
-            async with aclosing(self.engines.tts.synthesize(clause, options)) as frames:
+        stream = new_id("speech")
+        for i, clause in enumerate([*clauses, *([rest] if rest else [])]):
+            opts = replace(options, stream=stream, continuation=i > 0)
+            async with aclosing(self.engines.tts.synthesize(clause, opts)) as frames:
                 async for frame in frames:
                     yield frame
 
