@@ -283,6 +283,25 @@ async def _transcribe(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+async def _models(args: argparse.Namespace, console: Console) -> int:
+    from parley.models import pull, resolve
+
+    ref = resolve(args.name)  # a bad name fails before any network call
+    console.print(f"fetching {args.name} from {ref.repo_id} ...")
+    path = await asyncio.to_thread(pull, args.name, directory=args.dir)
+    setting = str(path) if args.dir is not None else ref.setting
+    section, engine = ("asr", "whisper") if ref.kind == "whisper" else ("tts", ref.kind)
+    if ref.kind == "repo":
+        engine = "vits"
+    console.print(f"saved in {path}", markup=False, soft_wrap=True)
+    console.print(
+        f'use it with: --set {section}.engine={engine} --set {section}.options.model="{setting}"',
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
 class _Server(uvicorn.Server):
     """uvicorn, except that SIGINT/SIGTERM end the process with status 0 after the graceful
     shutdown (uvicorn re-raises the signal, which reads as a crash to a supervisor)."""
@@ -527,6 +546,21 @@ def _parser() -> argparse.ArgumentParser:
     revoke = key_actions.add_parser("revoke", parents=[common, owner], help="revoke a key")
     revoke.add_argument("key", help="key id or prefix, as 'keys list' shows")
     keys.set_defaults(run=_keys)
+
+    models = sub.add_parser(
+        "models", parents=[common], help="fetch weights for the neural engines (needs internet)"
+    )
+    model_actions = models.add_subparsers(dest="action", required=True)
+    pull = model_actions.add_parser(
+        "pull",
+        parents=[common],
+        help="download a model: whisper:SIZE, piper:VOICE or a hub repository id ORG/NAME",
+    )
+    pull.add_argument(
+        "name", help="e.g. whisper:tiny.en, piper:en_US-lessac-medium, facebook/mms-tts-eng"
+    )
+    pull.add_argument("--dir", type=Path, help="put the files here instead of the shared cache")
+    models.set_defaults(run=_models)
 
     voices = sub.add_parser("voices", parents=[common], help="list the TTS voices")
     voices.set_defaults(run=_voices)
