@@ -13,6 +13,7 @@ from parley.engines.batching import (
     BatchRequest,
     RequestAborted,
     Runner,
+    Scheduler,
 )
 from parley.errors import ConfigError, EngineError, EngineUnavailableError
 
@@ -317,3 +318,40 @@ async def test_runner_stop_fails_pending_requests() -> None:
         await engine.started.wait()
     with pytest.raises(EngineUnavailableError, match="stopped"):
         await pending
+
+
+# --- Scheduler -----------------------------------------------------------------------------
+
+
+async def test_scheduler_starts_in_the_running_loop_and_reports_batches() -> None:
+    engine, sizes = FakeEngine(), list[int]()
+    scheduler = Scheduler("fake", engine.execute, max_batch_size=4, max_wait_s=0.01)
+    scheduler.observe(sizes.append)
+    results = await asyncio.gather(
+        *(scheduler.submit(f"s{i}", f"t{i}", first=True) for i in range(6))
+    )
+    assert results == [f"T{i}" for i in range(6)]
+    assert sizes == [4, 2]
+    assert scheduler.stats.recent_sizes == (4, 2)
+    await scheduler.aclose()
+
+
+def test_scheduler_survives_a_new_event_loop() -> None:
+    """An engine built once serves a CLI command, then a server: each runs its own loop."""
+    engine = FakeEngine()
+    scheduler = Scheduler("fake", engine.execute, max_batch_size=2, max_wait_s=0)
+    assert asyncio.run(scheduler.submit("A", "one", first=True)) == "ONE"
+    assert asyncio.run(scheduler.submit("A", "two", first=True)) == "TWO"
+    assert scheduler.stats.batches == 1  # a fresh batcher for the second loop
+
+
+async def test_scheduler_abort_before_start_and_after_close_is_a_no_op() -> None:
+    scheduler = Scheduler("fake", FakeEngine().execute)
+    assert scheduler.abort("A") == []
+    await scheduler.aclose()
+    await scheduler.aclose()
+
+
+def test_scheduler_rejects_bad_settings_at_construction() -> None:
+    with pytest.raises(ConfigError):
+        Scheduler("fake", FakeEngine.execute, max_batch_size=0)  # type: ignore[arg-type]
