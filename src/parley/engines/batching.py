@@ -309,6 +309,10 @@ class Runner:
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        self.overhead_s = 0.0
+        """CPU time spent scheduling: ``schedule`` that gave a batch, ``update``, routing."""
+        self.execute_s = 0.0
+        """Time spent in ``execute`` (the engine's work)."""
 
     async def submit(
         self,
@@ -352,6 +356,7 @@ class Runner:
         try:
             while True:
                 now = self._clock()
+                started = time.perf_counter()
                 batch = self._batcher.schedule(now)
                 if batch is None:
                     deadline = self._batcher.next_deadline(now)
@@ -363,6 +368,7 @@ class Runner:
                     except TimeoutError:
                         pass
                     continue
+                self.overhead_s += time.perf_counter() - started
                 await self._step(batch)
         finally:
             for request_id in list(self._futures):
@@ -373,12 +379,15 @@ class Runner:
             self._on_batch(len(batch.requests))
         outputs: Mapping[str, object] = {}
         error: Exception | None = None
+        started = time.perf_counter()
         try:
             outputs = await self._execute(batch.requests)
         except Exception as exc:
             error = exc
         finally:
             # Also on cancellation: the batcher must not keep a batch that will never finish.
+            executed = time.perf_counter()
+            self.execute_s += executed - started
             done = self._batcher.update(batch, outputs)
         for request, output in done:
             future = self._futures.pop(request.id, None)
@@ -392,6 +401,7 @@ class Runner:
                     if error is not None
                     else EngineError(f"the engine gave no output for request {request.id}"),
                 )
+        self.overhead_s += time.perf_counter() - executed
 
     async def __aenter__(self) -> Runner:
         if self._task is not None:
@@ -489,6 +499,16 @@ class Scheduler:
     @property
     def stats(self) -> BatchStats:
         return self._batcher.stats
+
+    @property
+    def overhead_s(self) -> float:
+        """Scheduling time of the current runner (see :attr:`Runner.overhead_s`)."""
+        return 0.0 if self._runner is None else self._runner.overhead_s
+
+    @property
+    def execute_s(self) -> float:
+        """Engine time of the current runner (see :attr:`Runner.execute_s`)."""
+        return 0.0 if self._runner is None else self._runner.execute_s
 
     async def aclose(self) -> None:
         """Stop the runner; pending requests fail with EngineUnavailableError."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from parley import __version__
 from parley.audio.resample import resample
 from parley.config import Settings
 from parley.engines.base import ContentPart, TextPart
+from parley.engines.batching import Scheduler
 from parley.engines.instrumented import instrument
 from parley.engines.registry import Engines
 from parley.errors import ClientError, ConfigError, EngineError, ParleyError
@@ -104,6 +106,16 @@ class AppState:
         return resolve
 
 
+def _schedulers(engines: Engines) -> list[tuple[str, Scheduler]]:
+    """The batch schedulers of the batched engines, with the engine's name."""
+    found = []
+    for engine in (engines.vad, engines.asr, engines.llm, engines.tts):
+        scheduler = getattr(engine, "scheduler", None)
+        if isinstance(scheduler, Scheduler):
+            found.append((engine.name, scheduler))
+    return found
+
+
 def create_app(
     settings: Settings,
     engines: Engines,
@@ -120,6 +132,9 @@ def create_app(
     # Observability (issue 4): per-app metrics, traces from OTEL_* env, engines that count calls.
     metrics = Metrics() if metrics is None else metrics
     tracer = TurnTracer.from_env() if tracer is None else tracer
+    schedulers = _schedulers(engines)
+    for name, scheduler in schedulers:
+        scheduler.observe(functools.partial(metrics.batch, name))
     engines = instrument(engines, metrics.engine_call, metrics.engine_error)
     state = AppState(settings, engines, database, keys, metrics=metrics, tracer=tracer)
 
@@ -149,6 +164,8 @@ def create_app(
         if state.sessions:
             await asyncio.wait(set(state.sessions), timeout=5)
         state.tracer.shutdown()  # observability (issue 4): flush the last traces
+        for _, scheduler in schedulers:
+            await scheduler.aclose()
 
     document = openapi_document()
 

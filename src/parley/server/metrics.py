@@ -23,8 +23,8 @@ Exposed (counters get ``_total`` appended by the exposition format):
 ``parley_batch_size{engine}``          histogram  requests per batch of a batched engine
 =====================================  =========  ============================================
 
-``parley_batch_size`` is declared for the batching scheduler that GPU engines will share; it
-stays empty until that scheduler calls :meth:`Metrics.batch`.
+``parley_batch_size`` is reported by the batching scheduler of the neural engines (whisper,
+vits, piper); it stays empty with the embedded engines, which do not batch.
 """
 
 from __future__ import annotations
