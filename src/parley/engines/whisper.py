@@ -1,0 +1,594 @@
+"""Whisper speech recognition through faster-whisper (CTranslate2), batched across sessions.
+
+Every decode is one request to the engine's :class:`~parley.engines.batching.Scheduler`: a window
+of at most 30 s of 16 kHz audio. A batch of windows, from any number of sessions, becomes one
+stack of log-mel features and ONE CTranslate2 ``generate`` (encoder and greedy or beam decoder)
+on a dedicated worker thread; Whisper always encodes a full 30 s window, so a batch of 16 costs
+far less than 16 single decodes. ``max_batch_size=1`` turns batching off.
+
+Streaming: Whisper is not incremental, so :meth:`WhisperASR.stream` re-decodes the utterance so
+far every ``partial_interval_ms`` of new audio (at most one such partial decode outstanding per
+stream, queued as a continuation so that it never delays anyone's final) and yields it when
+the text changed. When the audio ends, outstanding partials are aborted and the final decode is
+queued as a *first* request, ahead of every session's partials. An utterance longer than 30 s
+is cut into 30 s windows; each full window is decoded once as soon as it fills and the final
+joins the windows' texts.
+
+Decoding follows Whisper's reference: the audio is padded with silence to 30 s, the prompt is
+``<|startoftranscript|>`` (plus language and task tokens on multilingual models) and
+``<|notimestamps|>``, and a window whose no-speech probability is high and whose text is
+unlikely is dropped as silence (faster-whisper's thresholds), the usual guard against Whisper
+inventing text for silence. There is no temperature fallback and no conditioning on the
+previous window's text.
+
+Transcripts carry no word timings (``Transcript.words`` is empty) and their ``language`` is
+the one decoded with (English-only models always report ``en``); the language is not detected.
+
+Models: a local folder holding a CTranslate2 Whisper conversion (model.bin, config.json,
+tokenizer.json, vocabulary.*), or a faster-whisper size name / hub repository id found in the
+Hugging Face cache (``parley models pull whisper:NAME`` puts it there). Nothing is downloaded
+unless ``allow_download=True``.
+
+This module turns audio into text; it must not detect speech or end turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import re
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from parley.audio.frames import Float32, Frame, int16_to_float32
+from parley.audio.resample import StreamResampler, resample
+from parley.engines.base import Transcript
+from parley.engines.batching import BatchRequest, RequestAborted, Scheduler
+from parley.engines.device import Placement, place
+from parley.errors import ConfigError, EngineError, EngineUnavailableError
+
+__all__ = ["WhisperASR"]
+
+_SAMPLE_RATE = 16000
+_WINDOW_SAMPLES = 30 * _SAMPLE_RATE
+# Shorter audio is not worth a decode: Whisper only invents text for it.
+_MIN_SAMPLES = _SAMPLE_RATE // 10
+# Whisper's decoder has 448 positions for prompt and text together.
+_TEXT_POSITIONS = 448
+# faster-whisper's defaults: a window is silence when the model says so and its text is unlikely.
+_NO_SPEECH_THRESHOLD = 0.6
+_LOG_PROB_THRESHOLD = -1.0
+
+_DTYPES = {
+    "cpu": ["float32", "int8"],
+    "cuda": ["float16", "bfloat16", "int8_float16", "int8_bfloat16", "int8", "float32"],
+}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PARAM = "asr.options"
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One request's payload: up to 30 s of audio and the prompt to decode it with."""
+
+    samples: Float32
+    prompt: tuple[int, ...]
+    kind: Literal["partial", "window", "final"]
+
+
+class WhisperASR:
+    """Whisper ASR (faster-whisper's CTranslate2 models), batched across sessions.
+
+    ``model``: a folder with a CTranslate2 Whisper conversion, or a faster-whisper size name
+    (``tiny.en`` ... ``large-v3``, ``turbo``) or hub repository id in the Hugging Face cache
+    (``download_root`` names another cache folder; ``allow_download=True`` lets faster-whisper
+    fetch it). ``language``: what multilingual models transcribe (English-only ones ignore it);
+    a call's ``language`` overrides it. ``device``: ``auto``/``cpu``/``cuda[:N]``; ``dtype``:
+    ``float32`` or ``int8`` on the CPU (``auto``: ``int8``), ``float16``, ``bfloat16``,
+    ``int8_float16``, ``int8_bfloat16``, ``int8`` or ``float32`` on CUDA (``auto``: ``float16``).
+
+    ``max_batch_size`` windows per batch, waiting at most ``max_wait_ms`` for one to fill;
+    ``partial_interval_ms``: audio between partial decodes of a stream; ``beam_size`` 1 is greedy;
+    ``max_new_tokens``: text tokens per 30 s window, and ``max_tokens_per_second`` of audio
+    (plus 8; 0: no such cap) against Whisper's repetition loops; ``cpu_threads``: CTranslate2's
+    threads on the CPU (0: its default).
+    """
+
+    name = "whisper"
+    sample_rate = _SAMPLE_RATE
+
+    def __init__(
+        self,
+        *,
+        model: str = "tiny.en",
+        language: str = "en",
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        partial_interval_ms: float = 500.0,
+        beam_size: int = 1,
+        max_new_tokens: int = 224,
+        max_tokens_per_second: float = 10.0,
+        cpu_threads: int = 0,
+        download_root: str | None = None,
+        allow_download: bool = False,
+    ) -> None:
+        if partial_interval_ms <= 0:
+            raise ConfigError("partial_interval_ms must be positive", param=_PARAM)
+        if max_batch_size < 1 or beam_size < 1 or max_new_tokens < 1:
+            raise ConfigError(
+                "max_batch_size, beam_size and max_new_tokens must be at least 1", param=_PARAM
+            )
+        if max_wait_ms < 0 or cpu_threads < 0 or max_tokens_per_second < 0:
+            raise ConfigError(
+                "max_wait_ms, max_tokens_per_second and cpu_threads must not be negative",
+                param=_PARAM,
+            )
+        import ctranslate2
+
+        cpu_types = ctranslate2.get_supported_compute_types("cpu")
+        self.placement: Placement = place(
+            device,
+            dtype,
+            cuda_count=ctranslate2.get_cuda_device_count,
+            backend="CTranslate2",
+            dtypes={"cpu": [t for t in _DTYPES["cpu"] if t in cpu_types], "cuda": _DTYPES["cuda"]},
+            auto_dtype={"cpu": "int8", "cuda": "float16"},
+            param=_PARAM,
+        )
+        path = _resolve(model, download_root=download_root, allow_download=allow_download)
+        self._model = _load(path, self.placement, cpu_threads)
+        self._multilingual = bool(self._model.model.is_multilingual)
+        self._supported: tuple[str, ...] = tuple(self._model.supported_languages)
+        self._prompts: dict[str, tuple[int, ...]] = {}
+        self.language = self._language(language, param="asr.language")
+        prompt = self._prompt(self.language)
+        if len(prompt) + max_new_tokens > _TEXT_POSITIONS:
+            raise ConfigError(
+                f"max_new_tokens must be at most {_TEXT_POSITIONS - len(prompt)} for this model "
+                f"(Whisper has {_TEXT_POSITIONS} text positions, the prompt takes {len(prompt)})",
+                param=_PARAM,
+            )
+        self._eot = self._tokenizer(self.language).eot
+        self._beam_size = beam_size
+        self._max_new_tokens = max_new_tokens
+        self._tokens_per_second = max_tokens_per_second
+        self._partial_samples = max(1, round(partial_interval_ms * _SAMPLE_RATE / 1000))
+        self._sessions = itertools.count(1)
+        # One thread: one generate at a time uses the whole device; more would only contend.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="whisper")
+        weakref.finalize(self, self._worker.shutdown, wait=False)
+        self.scheduler = Scheduler(
+            self.name,
+            self._execute,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_ms / 1000.0,
+        )
+
+    # --- languages and prompts -------------------------------------------------------------
+
+    def _language(self, language: str | None, *, param: str = "language") -> str:
+        """The language code to decode with; ConfigError when the model cannot."""
+        if not self._multilingual:
+            return "en"
+        if language is None:
+            return self.language
+        code = language.strip().lower().replace("_", "-").split("-")[0]
+        if code not in self._supported:
+            raise ConfigError(
+                f"Whisper does not know the language {language!r}; use an ISO 639-1 code "
+                "such as en, de, fr, es",
+                param=param,
+            )
+        return code
+
+    def _tokenizer(self, language: str) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(
+            self._model.hf_tokenizer, self._multilingual, task="transcribe", language=language
+        )
+
+    def _prompt(self, language: str) -> tuple[int, ...]:
+        prompt = self._prompts.get(language)
+        if prompt is None:
+            tokenizer = self._tokenizer(language)
+            prompt = (*tokenizer.sot_sequence, tokenizer.no_timestamps)
+            if None in prompt:  # e.g. <|yue|>, which only large-v3 models know
+                raise ConfigError(
+                    f"this Whisper model has no token for the language {language!r}",
+                    param="language",
+                )
+            self._prompts[language] = prompt
+        return prompt
+
+    # --- batched execution -----------------------------------------------------------------
+
+    async def _execute(self, requests: Sequence[BatchRequest]) -> Mapping[str, object]:
+        windows = []
+        for request in requests:
+            assert isinstance(request.payload, _Window)
+            windows.append(request.payload)
+        loop = asyncio.get_running_loop()
+        texts = await loop.run_in_executor(self._worker, self._decode_batch, windows)
+        return {r.id: text for r, text in zip(requests, texts, strict=True)}
+
+    def _decode_batch(self, windows: Sequence[_Window]) -> list[str]:
+        """One CTranslate2 generate for every window; runs on the worker thread."""
+        import ctranslate2
+
+        extractor = self._model.feature_extractor
+        features = np.stack([_log_mel(extractor, w.samples) for w in windows])
+        prompts = [list(w.prompt) for w in windows]
+        caps = [self._token_cap(len(w.samples)) for w in windows]
+        longest = max(caps)
+        # CTranslate2 caps the new tokens at half of max_length (OpenAI's sample_len), and at
+        # max_length minus the prompt: ask for enough that our cap is the binding limit.
+        max_length = max(2 * longest, longest + len(prompts[0]))
+        try:
+            results = self._model.model.generate(
+                ctranslate2.StorageView.from_array(features),
+                prompts,
+                beam_size=self._beam_size,
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"Whisper decoding failed: {exc}") from exc
+        texts = []
+        for result, cap in zip(results, caps, strict=True):
+            tokens = result.sequences_ids[0][:cap]
+            # CTranslate2's score is the log probability over the length; faster-whisper
+            # averages over the length plus the end-of-text token.
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            if result.no_speech_prob > _NO_SPEECH_THRESHOLD and avg_logprob < _LOG_PROB_THRESHOLD:
+                texts.append("")
+                continue
+            text = self._model.hf_tokenizer.decode([t for t in tokens if t < self._eot])
+            texts.append(text.strip())
+        return texts
+
+    def _token_cap(self, samples: int) -> int:
+        """Text tokens a window of ``samples`` may decode to.
+
+        Speech runs at 2-5 Whisper tokens a second in English; a decoder caught in Whisper's
+        known repetition loop would otherwise run to ``max_new_tokens`` on every window. A
+        batch decodes as far as its largest cap; each window's text is cut to its own.
+        """
+        if self._tokens_per_second == 0:
+            return self._max_new_tokens
+        seconds = samples / _SAMPLE_RATE
+        return min(self._max_new_tokens, 8 + math.ceil(seconds * self._tokens_per_second))
+
+    async def _decode(
+        self,
+        session: str,
+        samples: Float32,
+        prompt: tuple[int, ...],
+        kind: Literal["partial", "window", "final"],
+    ) -> str:
+        text = await self.scheduler.submit(
+            session, _Window(samples, prompt, kind), first=kind == "final"
+        )
+        assert isinstance(text, str)
+        return text
+
+    # --- the ASR Protocol ------------------------------------------------------------------
+
+    async def transcribe(self, audio: Frame, *, language: str | None = None) -> Transcript:
+        """A whole recording: its 30 s windows decoded concurrently (all as first requests)."""
+        code = self._language(language)
+        prompt = self._prompt(code)
+        samples = int16_to_float32(resample(audio, _SAMPLE_RATE).samples)
+        windows = [
+            samples[i : i + _WINDOW_SAMPLES]
+            for i in range(0, len(samples), _WINDOW_SAMPLES)
+            if len(samples) - i >= _MIN_SAMPLES
+        ]
+        if not windows:
+            return Transcript("", is_final=True, language=code)
+        session = f"{self.name}:{next(self._sessions)}"
+        done = False
+        try:
+            texts = await asyncio.gather(
+                *(self._decode(session, w, prompt, "final") for w in windows)
+            )
+            done = True
+        finally:
+            if not done:
+                self.scheduler.abort(session)
+        return Transcript(_join(texts), is_final=True, language=code)
+
+    async def stream(
+        self, audio: AsyncIterable[Frame], *, language: str | None = None
+    ) -> AsyncGenerator[Transcript, None]:
+        """Partials while ``audio`` flows (when the text changes); one final at its end."""
+        code = self._language(language)
+        prompt = self._prompt(code)
+        session = f"{self.name}:{next(self._sessions)}"
+        # Partials get a session of their own so that they can be aborted alone.
+        partials = f"{session}:partial"
+        utterance = _Utterance()
+        windows: list[asyncio.Task[str]] = []
+        partial: asyncio.Task[str] | None = None
+        incoming: asyncio.Task[Frame | None] | None = None
+        resampler: StreamResampler | None = None
+        since_partial = 0
+        last = ""
+        frames = aiter(audio)
+        try:
+            while True:
+                if partial is not None and partial.done():
+                    text = _partial_text(partial, windows)
+                    partial = None
+                    if text and text != last:
+                        last = text
+                        yield Transcript(text, is_final=False, language=code)
+                if partial is None and incoming is None:
+                    frame = await _next_frame(frames)
+                else:
+                    # A partial is being decoded: wait for it or the next frame, whichever
+                    # comes first, so that its text is yielded while the audio still flows.
+                    if incoming is None:
+                        incoming = asyncio.create_task(_next_frame(frames))
+                    waiting = (incoming,) if partial is None else (incoming, partial)
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if not incoming.done():
+                        continue
+                    frame, incoming = incoming.result(), None
+                if frame is None:
+                    break
+                samples = frame.samples
+                if frame.sample_rate != _SAMPLE_RATE:
+                    tail = None
+                    if resampler is None or resampler.in_rate != frame.sample_rate:
+                        tail = None if resampler is None else resampler.flush()
+                        resampler = StreamResampler(frame.sample_rate, _SAMPLE_RATE)
+                    samples = resampler.process(samples)
+                    if tail is not None:
+                        samples = np.concatenate([tail, samples])
+                for full in utterance.add(int16_to_float32(samples)):
+                    windows.append(
+                        asyncio.create_task(self._decode(session, full, prompt, "window"))
+                    )
+                    # A partial in flight covers the window just decoded: it is out of date.
+                    self._drop(partials, partial)
+                    since_partial = 0
+                since_partial += len(samples)
+                if (
+                    partial is None
+                    and since_partial >= self._partial_samples
+                    and utterance.samples >= _MIN_SAMPLES
+                ):
+                    since_partial = 0
+                    partial = asyncio.create_task(
+                        self._decode(partials, utterance.current(), prompt, "partial")
+                    )
+            if resampler is not None:
+                for full in utterance.add(int16_to_float32(resampler.flush())):
+                    windows.append(
+                        asyncio.create_task(self._decode(session, full, prompt, "window"))
+                    )
+            # The user is waiting on the final now: partials would only delay it.
+            self._drop(partials, partial)
+            if partial is not None:
+                await asyncio.gather(partial, return_exceptions=True)
+                partial = None
+            final: list[asyncio.Task[str]] = []
+            if utterance.samples >= _MIN_SAMPLES:
+                final.append(
+                    asyncio.create_task(self._decode(session, utterance.current(), prompt, "final"))
+                )
+            windows.extend(final)
+            texts = await asyncio.gather(*windows)
+            yield Transcript(_join(texts), is_final=True, language=code)
+        finally:
+            # Barge-in, disconnect or done: free the engine of this stream's queued work and
+            # leave no task behind.
+            self.scheduler.abort(session)
+            self.scheduler.abort(partials)
+            tasks = [t for t in (partial, incoming, *windows) if t is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _drop(self, partials: str, partial: asyncio.Task[str] | None) -> None:
+        """Abort a stream's partial decode: queued, running, or not yet submitted."""
+        self.scheduler.abort(partials)
+        if partial is not None:
+            partial.cancel()
+
+
+class _Utterance:
+    """The audio of the current (not yet full) 30 s window."""
+
+    __slots__ = ("_parts", "samples")
+
+    def __init__(self) -> None:
+        self._parts: list[Float32] = []
+        self.samples = 0
+
+    def add(self, samples: Float32) -> list[Float32]:
+        """Append ``samples``; return the windows that they filled (usually none)."""
+        full: list[Float32] = []
+        while len(samples):
+            take = min(len(samples), _WINDOW_SAMPLES - self.samples)
+            self._parts.append(samples[:take])
+            self.samples += take
+            samples = samples[take:]
+            if self.samples == _WINDOW_SAMPLES:
+                full.append(self.current())
+                self._parts = []
+                self.samples = 0
+        return full
+
+    def current(self) -> Float32:
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0] if self._parts else np.zeros(0, np.float32)
+
+
+async def _next_frame(frames: AsyncIterator[Frame]) -> Frame | None:
+    """The next non-empty frame; None at the end (a task cannot end in StopAsyncIteration)."""
+    async for frame in frames:
+        if len(frame):
+            return frame
+    return None
+
+
+def _partial_text(partial: asyncio.Task[str], windows: Sequence[asyncio.Task[str]]) -> str:
+    """A finished partial's text after the texts of the windows decoded so far; "" if aborted."""
+    if partial.cancelled():
+        return ""
+    try:
+        text = partial.result()
+    except RequestAborted:
+        return ""
+    before = []
+    for window in windows:
+        if not window.done() or window.cancelled() or window.exception() is not None:
+            break
+        before.append(window.result())
+    return _join([*before, text])
+
+
+def _join(texts: Sequence[str]) -> str:
+    return " ".join(t for t in texts if t)
+
+
+def _log_mel(extractor: Any, samples: Float32) -> Float32:
+    """Whisper's log-mel features of ``samples`` padded with silence to 30 s.
+
+    faster-whisper's ``FeatureExtractor`` computation, with two changes that keep its values
+    (to float32 rounding) and cut its cost:
+
+    * Only the audio's own frames are computed: padding the audio to 30 s (Whisper's reference)
+      only adds frames of silence, whose value is the last frame's once enough zeros follow
+      the audio for that frame to see nothing else.
+    * Powers below 1e-30 are flushed to zero. The zeros after the audio leave FFT powers near
+      1e-36 whose products with the mel weights (>= 1e-5) are denormal floats, which made the
+      small mel matmul ~100x slower (measured: ~9 ms instead of ~0.1 ms for 2 s of audio);
+      what they add to a band is ~1e-30, far below the 1e-10 floor of the logarithm.
+    """
+    frames = extractor.nb_max_frames
+    hop = extractor.hop_length
+    n_fft = extractor.n_fft
+    waveform = np.pad(samples.astype(np.float32, copy=False), (0, n_fft + 2 * hop))
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    stft = extractor.stft(waveform, n_fft, hop, window=window, return_complex=True)
+    power = np.abs(stft.astype(np.complex64)[..., :-1]) ** 2
+    power[power < 1e-30] = 0.0
+    log_spec = np.log10(np.clip(extractor.mel_filters @ power, 1e-10, None))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    features = ((log_spec + 4.0) / 4.0)[:, :frames]
+    if features.shape[1] < frames:
+        silence = features[:, -1:]
+        pad = np.broadcast_to(silence, (features.shape[0], frames - features.shape[1]))
+        features = np.concatenate([features, pad], axis=1)
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _pull_hint(name: str) -> str:
+    return f"run `parley models pull whisper:{name}` on a machine with internet"
+
+
+def _resolve(model: str, *, download_root: str | None, allow_download: bool) -> Path:
+    """The folder holding ``model``: itself, or its snapshot in the Hugging Face cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    from faster_whisper.utils import available_models, download_model
+
+    param = f"{_PARAM}.model"
+    if path.exists() or not (model in available_models() or _REPO_ID.match(model)):
+        raise ConfigError(
+            f"no Whisper model folder at {path}: asr.options.model is a folder holding a "
+            f"CTranslate2 Whisper conversion, a size ({', '.join(available_models())}) "
+            "or a hub repository id such as Systran/faster-whisper-small",
+            param=param,
+        )
+    try:
+        return Path(
+            download_model(model, local_files_only=not allow_download, cache_dir=download_root)
+        )
+    except Exception as exc:  # huggingface_hub's errors for a missing file or a failed fetch
+        reason = " ".join(str(exc).split())[:300]
+        if not allow_download:
+            raise ConfigError(
+                f"Whisper model {model!r} is neither a folder nor in the Hugging Face cache: "
+                f"{_pull_hint(model)} (and copy the cache over), or set asr.options.model to "
+                "a model folder",
+                param=param,
+            ) from exc
+        raise EngineUnavailableError(
+            f"could not fetch Whisper model {model!r}: {type(exc).__name__}: {reason}"
+        ) from exc
+
+
+def _load(path: Path, placement: Placement, cpu_threads: int) -> Any:
+    """faster-whisper's WhisperModel for the folder ``path``; ConfigError when it cannot be."""
+    param = f"{_PARAM}.model"
+    missing = [name for name in ("model.bin", "config.json") if not (path / name).is_file()]
+    if not any(path.glob("vocabulary.*")):
+        missing.append("vocabulary.*")
+    if missing:
+        raise ConfigError(
+            f"{path} is not a CTranslate2 Whisper model: it has no {', '.join(missing)}",
+            param=param,
+        )
+    if not (path / "tokenizer.json").is_file():
+        # faster-whisper would download openai/whisper-tiny's tokenizer at run time instead.
+        raise ConfigError(
+            f"{path} has no tokenizer.json: copy the one of the model it was converted from "
+            "(the Hugging Face repository's tokenizer.json) into it",
+            param=param,
+        )
+    from faster_whisper import WhisperModel
+
+    try:
+        model = WhisperModel(
+            str(path),
+            device=placement.kind,
+            device_index=placement.index,
+            compute_type=placement.dtype,
+            cpu_threads=cpu_threads,
+            local_files_only=True,
+        )
+    except Exception as exc:  # CTranslate2 and tokenizers raise plain RuntimeError/Exception
+        reason = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"could not load the Whisper model in {path}: {type(exc).__name__}: {reason}",
+            param=param,
+        ) from exc
+    tokenizer = model.hf_tokenizer
+    needed = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+    if model.model.is_multilingual:
+        needed += ["<|transcribe|>", "<|en|>"]
+    absent = [t for t in needed if tokenizer.token_to_id(t) is None]
+    if absent:
+        raise ConfigError(
+            f"the tokenizer.json in {path} is not Whisper's: it lacks {', '.join(absent)}",
+            param=param,
+        )
+    mels = int(model.feature_extractor.mel_filters.shape[0])
+    if mels != int(model.model.n_mels):
+        raise ConfigError(
+            f"the Whisper model in {path} takes {model.model.n_mels} mel bands but its "
+            f"preprocessor_config.json gives {mels}: copy the preprocessor_config.json of the "
+            "model it was converted from into it",
+            param=param,
+        )
+    return model
