@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from parley.bench.clips import Clip, load_clips
+
+# The tests never reach the network: the Hugging Face clients (read at their import) must not
+# try, in this process or in the servers and commands it starts. tests/test_models.py turns
+# it off for its fake hub on loopback.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 

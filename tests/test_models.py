@@ -84,6 +84,7 @@ def test_pull_piper_voice_through_the_hub_client(tmp_path: Path) -> None:
             "HF_ENDPOINT": hub.url,
             "HF_HOME": str(tmp_path / "hf"),
             "XDG_DATA_HOME": str(tmp_path / "data"),
+            "HF_HUB_OFFLINE": "0",  # the fake hub on loopback, not the internet
         }
         result = _pull("piper:en_US-test-medium", env=env)
     assert result.returncode == 0, result.stderr
@@ -102,7 +103,7 @@ def test_pull_whisper_snapshot_through_the_hub_client(tmp_path: Path) -> None:
         "README.md": b"not fetched: faster-whisper asks only for model files",
     }
     with serve_fake_hub({"Systran/faster-whisper-tiny.en": files}) as hub:
-        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
         result = _pull("whisper:tiny.en", "--dir", str(tmp_path / "w"), env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "w" / "model.bin").read_bytes() == b"\x00" * 64
