@@ -24,13 +24,9 @@ This module speaks text; it must not normalise or rewrite it.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-import itertools
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -38,11 +34,10 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from parley.audio.frames import PCM16, Frame, float32_to_int16
-from parley.engines.base import SpeechOptions, Voice
-from parley.engines.batching import BatchRequest, Scheduler
+from parley.audio.frames import PCM16, float32_to_int16
+from parley.engines.batching import BatchRequest
 from parley.engines.device import Placement, place
-from parley.engines.vits import Speakers, speak, split_text, validate
+from parley.engines.vits import ClauseBatchedTTS, Speakers, split_text
 from parley.errors import ConfigError, EngineError, ParleyError
 
 __all__ = ["DEFAULT_VOICE", "PiperTTS"]
@@ -70,7 +65,7 @@ def _cuda_count() -> int:
     return 1 if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else 0
 
 
-class PiperTTS:
+class PiperTTS(ClauseBatchedTTS):
     """Text to speech with a Piper voice, batched across sessions.
 
     ``model`` is a voice's ``.onnx`` file (its ``.onnx.json`` beside it) or a voice name such
@@ -137,38 +132,8 @@ class PiperTTS:
             )
         else:
             self._default = int(config.default_speaker_id) if self._multi else 0
-        self._calls = itertools.count(1)
         # One thread: ONNX Runtime already spreads one run over the cores.
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="piper")
-        self.scheduler = Scheduler(
-            self.name,
-            self._execute,
-            # Batching pays on a GPU; on a CPU a padded batch is no faster than its rows
-            # (docs/benchmarks.md), and each row would wait for the whole batch.
-            max_batch_size=max_batch_size
-            if max_batch_size is not None
-            else (8 if self.placement.kind == "cuda" else 1),
-            max_wait_s=max_wait_ms / 1000.0,
-        )
-
-    def voices(self) -> Sequence[Voice]:
-        return self.speakers.voices
-
-    async def synthesize(self, text: str, options: SpeechOptions) -> AsyncGenerator[Frame, None]:
-        """Frames at ``options.sample_rate``: each sentence's audio once its batch is spoken."""
-        validate(options)
-        speaker = self._default if not options.voice else self.speakers.resolve(options.voice)
-        if not text.strip():
-            return
-        clauses = await asyncio.to_thread(self._prepare, text, speaker, options.speed)
-        if not clauses:
-            return
-        session = options.stream or f"{self.name}:{next(self._calls)}"
-        async with aclosing(
-            speak(self.scheduler, session, clauses, options, self.sample_rate)
-        ) as frames:
-            async for frame in frames:
-                yield frame
+        self._start_batching(max_batch_size, max_wait_ms, on_cuda=8)
 
     def _prepare(self, text: str, speaker: int, speed: float) -> list[_Clause]:
         """Phoneme ids per sentence of each piece of ``text`` (piper's espeak-ng, its lock)."""
@@ -179,10 +144,6 @@ class PiperTTS:
                     ids = tuple(int(i) for i in self._voice.phonemes_to_ids(phonemes))
                     clauses.append(_Clause(ids, speaker if self._multi else None, speed))
         return clauses
-
-    async def _execute(self, requests: Sequence[BatchRequest]) -> Mapping[str, object]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._run, requests)
 
     def _run(self, requests: Sequence[BatchRequest]) -> dict[str, object]:
         groups: dict[tuple[float, int | None], list[BatchRequest]] = {}

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MODEL",
     "OPENAI_VOICES",
+    "ClauseBatchedTTS",
     "Speakers",
     "VitsTTS",
     "speak",
@@ -195,6 +196,71 @@ async def speak(
             scheduler.abort(session)
 
 
+# --- what the clause-batched TTS engines share ----------------------------------------------
+
+
+class ClauseBatchedTTS:
+    """A TTS engine whose clauses are requests to its own :class:`Scheduler`, run on one thread.
+
+    Subclasses set ``name``, ``sample_rate``, ``speakers``, ``placement`` and ``_default`` (the
+    default speaker), call :meth:`_start_batching`, and implement ``_prepare`` (text -> the
+    payloads of its requests, off the event loop) and ``_run`` (a batch -> each request's int16
+    audio at ``sample_rate``, on the worker thread).
+    """
+
+    name: str
+    sample_rate: int
+    speakers: Speakers
+    placement: Placement
+    _default: int
+
+    def _start_batching(
+        self, max_batch_size: int | None, max_wait_ms: float, *, on_cuda: int
+    ) -> None:
+        self._calls = itertools.count(1)
+        # One thread: one forward at a time uses the whole device; more would only contend.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self.scheduler = Scheduler(
+            self.name,
+            self._execute,
+            # Batching pays on a GPU; on a CPU a padded batch is no faster than its rows
+            # (docs/benchmarks.md), and each row would wait for the whole batch.
+            max_batch_size=max_batch_size
+            if max_batch_size is not None
+            else (on_cuda if self.placement.kind == "cuda" else 1),
+            max_wait_s=max_wait_ms / 1000.0,
+        )
+
+    def voices(self) -> Sequence[Voice]:
+        return self.speakers.voices
+
+    async def synthesize(self, text: str, options: SpeechOptions) -> AsyncGenerator[Frame, None]:
+        """Frames at ``options.sample_rate``: each clause's audio once its batch is spoken."""
+        validate(options)
+        speaker = self._default if not options.voice else self.speakers.resolve(options.voice)
+        if not text.strip():
+            return
+        payloads = await asyncio.to_thread(self._prepare, text, speaker, options.speed)
+        if not payloads:
+            return
+        session = options.stream or f"{self.name}:{next(self._calls)}"
+        async with aclosing(
+            speak(self.scheduler, session, payloads, options, self.sample_rate)
+        ) as frames:
+            async for frame in frames:
+                yield frame
+
+    def _prepare(self, text: str, speaker: int, speed: float) -> Sequence[object]:
+        raise NotImplementedError
+
+    def _run(self, requests: Sequence[BatchRequest]) -> dict[str, object]:
+        raise NotImplementedError
+
+    async def _execute(self, requests: Sequence[BatchRequest]) -> Mapping[str, object]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._run, requests)
+
+
 # --- VitsTTS ---------------------------------------------------------------------------------
 
 
@@ -207,7 +273,7 @@ class _Clause:
     speed: float
 
 
-class VitsTTS:
+class VitsTTS(ClauseBatchedTTS):
     """Text to speech with a VITS / MMS-TTS model (``transformers.VitsModel``), batched.
 
     ``model`` is a folder saved with ``save_pretrained`` or a Hugging Face repository id found
@@ -282,38 +348,7 @@ class VitsTTS:
             if default_voice
             else 0
         )
-        self._calls = itertools.count(1)
-        # One thread: one forward at a time uses the whole device; more would only contend.
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vits")
-        self.scheduler = Scheduler(
-            self.name,
-            self._execute,
-            # Batching pays on a GPU; on a CPU a padded batch is no faster than its rows
-            # (docs/benchmarks.md), and each row would wait for the whole batch.
-            max_batch_size=max_batch_size
-            if max_batch_size is not None
-            else (32 if self.placement.kind == "cuda" else 1),
-            max_wait_s=max_wait_ms / 1000.0,
-        )
-
-    def voices(self) -> Sequence[Voice]:
-        return self.speakers.voices
-
-    async def synthesize(self, text: str, options: SpeechOptions) -> AsyncGenerator[Frame, None]:
-        """Frames at ``options.sample_rate``: each clause's audio once its batch is spoken."""
-        validate(options)
-        speaker = self._default if not options.voice else self.speakers.resolve(options.voice)
-        if not text.strip():
-            return
-        clauses = await asyncio.to_thread(self._prepare, text, speaker, options.speed)
-        if not clauses:
-            return
-        session = options.stream or f"{self.name}:{next(self._calls)}"
-        async with aclosing(
-            speak(self.scheduler, session, clauses, options, self.sample_rate)
-        ) as frames:
-            async for frame in frames:
-                yield frame
+        self._start_batching(max_batch_size, max_wait_ms, on_cuda=32)
 
     def _prepare(self, text: str, speaker: int, speed: float) -> list[_Clause]:
         """Token ids per piece of ``text``; pieces with nothing to speak are left out."""
@@ -334,10 +369,6 @@ class VitsTTS:
             if spoken:
                 clauses.append(_Clause(ids, speaker, speed))
         return clauses
-
-    async def _execute(self, requests: Sequence[BatchRequest]) -> Mapping[str, object]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._run, requests)
 
     def _run(self, requests: Sequence[BatchRequest]) -> dict[str, object]:
         by_speed: dict[float, list[BatchRequest]] = {}
