@@ -109,3 +109,11 @@ def test_pull_whisper_snapshot_through_the_hub_client(tmp_path: Path) -> None:
     assert (tmp_path / "w" / "model.bin").read_bytes() == b"\x00" * 64
     assert not (tmp_path / "w" / "README.md").exists()
     assert f'asr.options.model="{tmp_path / "w"}"' in result.stdout
+
+
+def test_without_the_neural_extra_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "faster_whisper.utils", None)  # import fails
+    with pytest.raises(ClientError, match=r"pip install 'parley\[neural\]'"):
+        resolve("whisper:tiny.en")

@@ -25,11 +25,12 @@ NAME                     fetched from                                 engine set
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from parley.errors import ClientError, EngineUnavailableError
 
@@ -49,6 +50,17 @@ _WHISPER_FILES = [
     "vocabulary.*",
 ]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _need(module: str) -> Any:
+    """Import a neural extra's module, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ClientError(
+            f"{module.split('.')[0]} is not installed: pip install 'parley[neural]' "
+            "(see the README's Neural engines)"
+        ) from None
 
 
 def piper_voices_dir() -> Path:
@@ -74,7 +86,7 @@ def resolve(name: str) -> ModelRef:
     name = name.strip()
     prefix, sep, rest = name.partition(":")
     if sep and prefix == "whisper":
-        from faster_whisper.utils import _MODELS
+        _MODELS = _need("faster_whisper.utils")._MODELS
 
         if rest in _MODELS:
             return ModelRef("whisper", _MODELS[rest], setting=rest)
@@ -117,7 +129,8 @@ def pull(name: str, *, directory: Path | None = None) -> Path:
     """
     ref = resolve(name)
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        hub = _need("huggingface_hub")
+        hf_hub_download, snapshot_download = hub.hf_hub_download, hub.snapshot_download
 
         if ref.kind == "piper":
             target = directory or piper_voices_dir()
