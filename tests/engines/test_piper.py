@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,12 @@ from parley.engines.batching import RequestAborted
 from parley.engines.piper import PiperTTS
 from parley.engines.registry import build_tts
 from parley.errors import ClientError, ConfigError
+from tests.engines.clause_tts import check_first_clause_goes_ahead
+from tests.engines.clause_tts import engine_busy as _engine_busy
+from tests.engines.clause_tts import queued as _queued
+from tests.engines.clause_tts import samples as _samples
+from tests.engines.clause_tts import speak as _speak
+from tests.engines.clause_tts import until as _until
 from tests.tinymodels.piper import SAMPLE_RATE, build_tiny_piper
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -67,43 +71,6 @@ def multi_piper(voices_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def tts(tiny_piper: Path) -> PiperTTS:
     return PiperTTS(model=str(tiny_piper), **QUIET)
-
-
-async def _speak(tts: PiperTTS, text: str, options: SpeechOptions) -> list[Frame]:
-    async with aclosing(tts.synthesize(text, options)) as frames:
-        return [f async for f in frames]
-
-
-def _samples(frames: list[Frame]) -> np.ndarray:
-    return np.concatenate([f.samples for f in frames]) if frames else np.zeros(0, np.int16)
-
-
-def _queued(tts: PiperTTS) -> int:
-    # The scheduler's batcher is made afresh in each event loop: look it up each time.
-    return tts.scheduler._batcher.queued
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``condition`` (scheduler state, which has no event to wait on)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.005)
-
-
-@asynccontextmanager
-async def _engine_busy(tts: PiperTTS) -> AsyncIterator[None]:
-    """Hold the engine with a batch that cannot finish, so that new requests stay queued."""
-    release = threading.Event()
-    tts._worker.submit(release.wait)
-    blocker = asyncio.create_task(_speak(tts, "busy", SpeechOptions(stream="busy")))
-    try:
-        await _until(lambda: tts.scheduler._batcher.running is not None)
-        yield
-    finally:
-        release.set()
-        await blocker
 
 
 def _same_up_to_scale(joint: np.ndarray, single: np.ndarray, text: str) -> None:
@@ -214,26 +181,7 @@ async def test_piper_without_onnx_runs_rows_one_by_one(
 
 async def test_piper_first_clause_goes_ahead_of_queued_continuations(tiny_piper: Path) -> None:
     tts = PiperTTS(model=str(tiny_piper), max_batch_size=2, max_wait_ms=0, **QUIET)
-    done: list[str] = []
-
-    async def clause(name: str, options: SpeechOptions) -> None:
-        await _speak(tts, name.replace("-", " "), options)
-        done.append(name)
-
-    tasks = []
-    async with _engine_busy(tts):
-        # Three streams' later clauses queue up behind the running batch, then a first clause.
-        for i in range(3):
-            options = SpeechOptions(stream=f"a{i}", continuation=True)
-            tasks.append(asyncio.create_task(clause(f"later-{i}", options)))
-            await _until(lambda n=i: _queued(tts) == n + 1)
-        tasks.append(asyncio.create_task(clause("first", SpeechOptions(stream="b"))))
-        await _until(lambda: _queued(tts) == 4)
-    await asyncio.gather(*tasks)
-    # Batches of two: [first, later-0], then [later-1, later-2]. Without priority, sessions
-    # taking turns in arrival order, it would be [later-0, later-1], then [later-2, first].
-    assert done.index("first") < min(done.index("later-1"), done.index("later-2"))
-    assert tts.scheduler.stats.recent_sizes == (1, 2, 2)
+    await check_first_clause_goes_ahead(tts)
 
 
 async def test_piper_closing_a_stream_early_aborts_its_queued_requests(tts: PiperTTS) -> None:

@@ -11,9 +11,7 @@ frames).
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,12 @@ from parley.engines.batching import RequestAborted
 from parley.engines.registry import build_tts
 from parley.engines.vits import Speakers, VitsTTS, split_text
 from parley.errors import ClientError, ConfigError
+from tests.engines.clause_tts import check_first_clause_goes_ahead
+from tests.engines.clause_tts import engine_busy as _engine_busy
+from tests.engines.clause_tts import queued as _queued
+from tests.engines.clause_tts import samples as _samples
+from tests.engines.clause_tts import speak as _speak
+from tests.engines.clause_tts import until as _until
 from tests.tinymodels.vits import SAMPLE_RATE, build_tiny_vits
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -55,43 +59,6 @@ def tiny_vits_multi(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tts(tiny_vits: Path) -> VitsTTS:
     return VitsTTS(model=str(tiny_vits), **QUIET)
-
-
-async def _speak(tts: VitsTTS, text: str, options: SpeechOptions) -> list[Frame]:
-    async with aclosing(tts.synthesize(text, options)) as frames:
-        return [f async for f in frames]
-
-
-def _samples(frames: list[Frame]) -> np.ndarray:
-    return np.concatenate([f.samples for f in frames]) if frames else np.zeros(0, np.int16)
-
-
-@asynccontextmanager
-async def _engine_busy(tts: VitsTTS) -> AsyncIterator[None]:
-    """Hold the engine with a batch that cannot finish, so that new requests stay queued."""
-    release = threading.Event()
-    tts._worker.submit(release.wait)
-    blocker = asyncio.create_task(_speak(tts, "busy", SpeechOptions(stream="busy")))
-    try:
-        await _until(lambda: tts.scheduler._batcher.running is not None)
-        yield
-    finally:
-        release.set()
-        await blocker
-
-
-def _queued(tts: VitsTTS) -> int:
-    # The scheduler's batcher is made afresh in each event loop: look it up each time.
-    return tts.scheduler._batcher.queued
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``condition`` (scheduler state, which has no event to wait on)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.005)
 
 
 def test_vits_satisfies_protocol(tts: VitsTTS) -> None:
@@ -184,26 +151,7 @@ async def test_vits_batch_mixes_speakers_and_speeds(tiny_vits_multi: Path) -> No
 
 async def test_vits_first_clause_goes_ahead_of_queued_continuations(tiny_vits: Path) -> None:
     tts = VitsTTS(model=str(tiny_vits), max_batch_size=2, max_wait_ms=0, **QUIET)
-    done: list[str] = []
-
-    async def clause(name: str, options: SpeechOptions) -> None:
-        await _speak(tts, name.replace("-", " "), options)
-        done.append(name)
-
-    tasks = []
-    async with _engine_busy(tts):
-        # Three streams' later clauses queue up behind the running batch, then a first clause.
-        for i in range(3):
-            options = SpeechOptions(stream=f"a{i}", continuation=True)
-            tasks.append(asyncio.create_task(clause(f"later-{i}", options)))
-            await _until(lambda n=i: _queued(tts) == n + 1)
-        tasks.append(asyncio.create_task(clause("first", SpeechOptions(stream="b"))))
-        await _until(lambda: _queued(tts) == 4)
-    await asyncio.gather(*tasks)
-    # Batches of two: [first, later-0], then [later-1, later-2]. Without priority, sessions
-    # taking turns in arrival order, it would be [later-0, later-1], then [later-2, first].
-    assert done.index("first") < min(done.index("later-1"), done.index("later-2"))
-    assert tts.scheduler.stats.recent_sizes == (1, 2, 2)
+    await check_first_clause_goes_ahead(tts)
 
 
 async def test_vits_closing_a_stream_early_aborts_its_queued_requests(tts: VitsTTS) -> None:
