@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from parley.errors import ConfigError, EngineError, EngineUnavailableError, ParleyError
+from parley.errors import Code, ConfigError, EngineError, EngineUnavailableError, ParleyError
 
 __all__ = [
     "Batch",
@@ -62,7 +62,7 @@ class RequestAborted(ParleyError):
     engine's fault, hence directly under :class:`~parley.errors.ParleyError`.
     """
 
-    code = "request_aborted"
+    code = Code.REQUEST_ABORTED
 
 
 @dataclass(frozen=True, slots=True)

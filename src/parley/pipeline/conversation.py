@@ -43,7 +43,8 @@ from parley.engines.base import (
     Usage,
 )
 from parley.engines.registry import Engines
-from parley.errors import BadAudioError, ClientError, EngineError, ParleyError
+from parley.errors import BadAudioError, ClientError, Code, EngineError, ParleyError
+from parley.ids import new_id
 from parley.pipeline.events import (
     InputCommitted,
     PipelineEvent,
@@ -60,7 +61,7 @@ from parley.pipeline.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from parley.pipeline.history import History, new_id
+from parley.pipeline.history import History
 from parley.pipeline.segmenter import ClauseSegmenter
 from parley.pipeline.timeline import TurnTimeline
 from parley.pipeline.turns import TurnDetector
@@ -321,7 +322,7 @@ class Pipeline:
             return turn.id
         if not self._manual:
             raise ClientError(
-                "the input audio buffer is empty", code="input_audio_buffer_commit_empty"
+                "the input audio buffer is empty", code=Code.INPUT_AUDIO_BUFFER_COMMIT_EMPTY
             )
         turn = _Turn(new_id("turn"), new_id("item"), asyncio.Queue(), TurnTimeline())
         for chunk in self._manual:
@@ -443,7 +444,7 @@ class Pipeline:
         if self._response is not None:
             raise ClientError(
                 "a response is already in progress",
-                code="conversation_already_has_active_response",
+                code=Code.CONVERSATION_ALREADY_HAS_ACTIVE_RESPONSE,
             )
         opts = self._merge(options)
         prompt = self.history.prompt(opts.instructions)
@@ -523,7 +524,7 @@ class Pipeline:
             item = self.history.get(item_id)
             if item is None:
                 raise ClientError(
-                    f"no item with id {item_id!r}", param="item_id", code="item_not_found"
+                    f"no item with id {item_id!r}", param="item_id", code=Code.ITEM_NOT_FOUND
                 )
             return item.message.text
         text = self._heard_text(resp, audio_end_ms)

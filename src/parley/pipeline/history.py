@@ -8,21 +8,13 @@ together: a model must never see an output without its call.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 
 from parley.engines.base import ContentPart, Message
 from parley.engines.base import estimate_message_tokens as estimate_tokens
+from parley.ids import new_id
 
-__all__ = ["History", "Item", "estimate_tokens", "new_id"]
-
-_counter = itertools.count(1)
-
-
-def new_id(prefix: str) -> str:
-    """Short unique ids (``item_000001a``): process-unique, ordered, cheap."""
-    return f"{prefix}_{next(_counter):06d}{id(_counter) % 997:03x}"
-
+__all__ = ["History", "Item", "estimate_tokens"]
 
 @dataclass(frozen=True, slots=True)
 class Item:

@@ -30,6 +30,7 @@ from parley.audio.formats import (
 from parley.config import Settings, TurnDetectionSettings
 from parley.engines.base import ContentPart, ImagePart, Message, TextPart, ToolCall, ToolSpec
 from parley.errors import ClientError, ParleyError
+from parley.ids import new_id
 from parley.pipeline.conversation import ResponseOptions
 from parley.pipeline.events import (
     InputCommitted,
@@ -46,7 +47,7 @@ from parley.pipeline.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from parley.pipeline.history import History, new_id
+from parley.pipeline.history import History
 from parley.realtime import wire
 from parley.realtime.beta import server_event_to_beta
 from parley.realtime.commands import (

@@ -1,12 +1,11 @@
-"""The Realtime protocol's client events as typed values, and the server's ``error`` event.
+"""The Realtime protocol's client events as typed values.
 
 The client events and their shapes are those of the GA protocol as the official ``openai`` SDK
 types them (``openai.types.realtime``); parley defines its own pydantic models for them so that
 the server never depends on the SDK's internals at run time. Every raw WebSocket message goes
 through :func:`parse_client_event`, which either returns one event model or raises
-:class:`ProtocolError` carrying the OpenAI error shape (``code``, ``message``, ``param``,
-``event_id``); :func:`error_event` turns any :class:`~parley.errors.ParleyError` into the ``error``
-event to send back.
+:class:`~parley.errors.ProtocolError` carrying the OpenAI error shape (``code``, ``message``,
+``param``, ``event_id``); :func:`parley.errors.error_event` builds the ``error`` event.
 
 Models ignore fields they do not know (a newer client must not be cut off) but reject values of
 the wrong type: validation is strict, so ``"5"`` is not an integer and ``"true"`` not a boolean.
@@ -21,14 +20,14 @@ format) and does not decide what an event means.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from parley.audio.formats import WireFormat, parse_wire_format
-from parley.errors import ClientError, ParleyError
+from parley.errors import Code, ProtocolError, error_event
+from parley.ids import new_event_id, new_id
 from parley.realtime.beta import client_event_from_beta
 
 __all__ = [
@@ -93,49 +92,6 @@ __all__ = [
 
 # OpenAI closes nothing over this, it answers with an error; so does parley, before parsing.
 MAX_EVENT_BYTES = 15 * 1024 * 1024
-
-
-class ProtocolError(ClientError):
-    """A client event that parley cannot read: bad JSON, unknown type, a field of the wrong kind.
-
-    ``code`` follows what OpenAI sends: ``invalid_json``, ``invalid_event`` (not an event at
-    all), ``invalid_value``, ``invalid_type``, ``missing_required_parameter``,
-    ``message_too_large``. ``param`` is the dotted path of the bad field (``session.tools[0].name``)
-    and ``event_id`` the client's own id for the event, when it could be read.
-    """
-
-    code = "invalid_request_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str,
-        param: str | None = None,
-        event_id: str | None = None,
-    ) -> None:
-        super().__init__(message, param=param, code=code)
-        self.event_id = event_id
-
-
-# --------------------------------------------------------------------------- ids
-
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def new_id(prefix: str) -> str:
-    """``prefix`` + ``_`` + 22 random base62 characters (128 bits), like OpenAI's ids."""
-    n = secrets.randbits(128)
-    chars = []
-    for _ in range(22):
-        n, r = divmod(n, 62)
-        chars.append(_ALPHABET[r])
-    return f"{prefix}_{''.join(chars)}"
-
-
-def new_event_id() -> str:
-    """A fresh server event id: ``event_...``."""
-    return new_id("event")
 
 
 # --------------------------------------------------------------------------- base
@@ -569,18 +525,18 @@ def parse_client_event(raw: str | bytes, *, beta: bool = False) -> ClientEvent:
     if size > MAX_EVENT_BYTES:
         raise ProtocolError(
             f"Message of {size} bytes exceeds the maximum of {MAX_EVENT_BYTES} bytes.",
-            code="message_too_large",
+            code=Code.MESSAGE_TOO_LARGE,
         )
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, NaN, nesting
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or "too deep"
         raise ProtocolError(
-            f"We could not parse the JSON body of your event: {detail}.", code="invalid_json"
+            f"We could not parse the JSON body of your event: {detail}.", code=Code.INVALID_JSON
         ) from None
     if not isinstance(data, dict):
         raise ProtocolError(
-            f"Expected an event object, but got {_kind(data)} instead.", code="invalid_event"
+            f"Expected an event object, but got {_kind(data)} instead.", code=Code.INVALID_EVENT
         )
     raw_id = data.get("event_id")
     event_id = raw_id if isinstance(raw_id, str) else None
@@ -592,13 +548,13 @@ def parse_client_event(raw: str | bytes, *, beta: bool = False) -> ClientEvent:
 def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
     if "type" not in data:
         raise ProtocolError(
-            "The 'type' field is missing.", code="invalid_event", param="type", event_id=event_id
+            "The 'type' field is missing.", code=Code.INVALID_EVENT, param="type", event_id=event_id
         )
     kind = data["type"]
     if not isinstance(kind, str):
         raise ProtocolError(
             f"Invalid type for 'type': expected a string, but got {_kind(kind)} instead.",
-            code="invalid_type",
+            code=Code.INVALID_TYPE,
             param="type",
             event_id=event_id,
         )
@@ -606,7 +562,7 @@ def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
         supported = ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
         raise ProtocolError(
             f"Invalid value: {_show(kind)}. Supported values are: {supported}.",
-            code="invalid_value",
+            code=Code.INVALID_VALUE,
             param="type",
             event_id=event_id,
         )
@@ -706,21 +662,21 @@ def _protocol_error(exc: ValidationError, data: object, event_id: str | None) ->
         if first["type"] == "union_tag_not_found":
             return ProtocolError(
                 f"Missing required parameter: '{param}'.",
-                code="missing_required_parameter",
+                code=Code.MISSING_REQUIRED_PARAMETER,
                 param=param,
                 event_id=event_id,
             )
         return ProtocolError(
             f"Invalid value: {_show(ctx.get('tag'))}. Supported values are: "
             f"{ctx.get('expected_tags')}.",
-            code="invalid_value",
+            code=Code.INVALID_VALUE,
             param=param,
             event_id=event_id,
         )
     if any(e["type"] == "missing" for e in same):
         return ProtocolError(
             f"Missing required parameter: '{param}'.",
-            code="missing_required_parameter",
+            code=Code.MISSING_REQUIRED_PARAMETER,
             param=param,
             event_id=event_id,
         )
@@ -736,37 +692,15 @@ def _protocol_error(exc: ValidationError, data: object, event_id: str | None) ->
     if all(e["type"] in _TYPE_ERRORS for e in same):
         return ProtocolError(
             f"Invalid type for '{param}': expected {alternatives}, but got {_kind(value)} instead.",
-            code="invalid_type",
+            code=Code.INVALID_TYPE,
             param=param,
             event_id=event_id,
         )
     return ProtocolError(
         f"Invalid value for '{param}': {_show(value)}; expected {alternatives}.",
-        code="invalid_value",
+        code=Code.INVALID_VALUE,
         param=param,
         event_id=event_id,
     )
 
 
-# --------------------------------------------------------------------------- error event
-
-
-def error_event(exc: ParleyError, event_id: str | None = None) -> dict[str, Any]:
-    """The server ``error`` event for ``exc``, about the client event ``event_id``.
-
-    A client fault is an ``invalid_request_error``, anything else a ``server_error``; when
-    ``event_id`` is not given, a :class:`ProtocolError`'s own is used.
-    """
-    if event_id is None and isinstance(exc, ProtocolError):
-        event_id = exc.event_id
-    return {
-        "type": "error",
-        "event_id": new_event_id(),
-        "error": {
-            "type": "invalid_request_error" if isinstance(exc, ClientError) else "server_error",
-            "code": exc.code,
-            "message": exc.message,
-            "param": exc.param,
-            "event_id": event_id,
-        },
-    }

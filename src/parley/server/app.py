@@ -33,7 +33,16 @@ from parley.engines.base import ContentPart, TextPart
 from parley.engines.batching import Scheduler
 from parley.engines.instrumented import instrument
 from parley.engines.registry import Engines
-from parley.errors import ClientError, ConfigError, EngineError, ParleyError
+from parley.errors import (
+    ClientError,
+    Code,
+    ConfigError,
+    EngineError,
+    NotFoundError,
+    ParleyError,
+    ProtocolError,
+    RateLimitError,
+)
 from parley.logs import bind, log_context, turn_fields
 from parley.pipeline import Pipeline
 from parley.pipeline.events import ResponseDone
@@ -61,6 +70,7 @@ from parley.server.auth import (
     principal_of,
 )
 from parley.server.metrics import Metrics
+from parley.server.openai_errors import error_response
 from parley.server.openapi import openapi_document
 from parley.server.rest import rest_routes
 from parley.server.tracing import TurnTracer
@@ -200,63 +210,54 @@ def create_app(
     return app
 
 
-def openai_error(
-    status: int,
-    message: str,
-    *,
-    code: str,
-    param: str | None = None,
-    kind: str = "invalid_request_error",
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": code}},
-        status_code=status,
-    )
-
-
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """Unknown paths and wrong methods, in OpenAI's error shape rather than plain text."""
     status = getattr(exc, "status_code", 404)
     if status == 405:
-        return openai_error(
-            405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"
+        return error_response(
+            ClientError(
+                f"{request.method} is not allowed on {request.url.path}",
+                code=Code.METHOD_NOT_ALLOWED,
+            ),
+            status=405,
         )
-    return openai_error(404, f"Unknown path {request.url.path}", code="not_found")
+    return error_response(NotFoundError(f"Unknown path {request.url.path}"))
 
 
 async def _client_secret(request: Request, state: AppState) -> JSONResponse:
     """``POST /v1/realtime/client_secrets``: an ephemeral key bound to a session config."""
     principal = principal_of(request.scope)
     if state.keys is None or principal.key is None:
-        return openai_error(
-            400,
-            "client secrets need authentication (parley serve without "
-            "--no-auth) and a standard API key",
-            code="auth_disabled",
+        return error_response(
+            ClientError(
+                "client secrets need authentication (parley serve without "
+                "--no-auth) and a standard API key",
+                code=Code.AUTH_DISABLED,
+            )
         )
     try:
         body = json.loads(await request.body() or b"{}")
     except ValueError:
-        return openai_error(400, "the body is not valid JSON", code="invalid_json")
+        return error_response(ProtocolError("the body is not valid JSON", code=Code.INVALID_JSON))
     if not isinstance(body, dict):
-        return openai_error(400, "the body must be a JSON object", code="invalid_json")
+        return error_response(
+            ProtocolError("the body must be a JSON object", code=Code.INVALID_JSON)
+        )
     expires = body.get("expires_after") or {}
     seconds = expires.get("seconds", 600) if isinstance(expires, dict) else None
     if not isinstance(seconds, int) or isinstance(seconds, bool):
-        return openai_error(
-            400,
-            "expires_after.seconds must be an integer",
-            param="expires_after.seconds",
-            code="invalid_type",
+        return error_response(
+            ProtocolError(
+                "expires_after.seconds must be an integer",
+                param="expires_after.seconds",
+                code=Code.INVALID_TYPE,
+            )
         )
     config = body.get("session") or {"type": "realtime"}
     kind = config.get("type", "realtime") if isinstance(config, dict) else None
     if kind not in ("realtime", "transcription"):
-        return openai_error(
-            400,
-            "session.type must be 'realtime' or 'transcription'",
-            param="session.type",
-            code="invalid_value",
+        return error_response(
+            ClientError("session.type must be 'realtime' or 'transcription'", param="session.type")
         )
     # The same validation a session.update gets: a bad config fails now, not at connect time.
     preview = RealtimeSession(state.settings, History(), kind=kind)
@@ -264,16 +265,17 @@ async def _client_secret(request: Request, state: AppState) -> JSONResponse:
     if out.events and out.events[0]["type"] == "error":
         error = out.events[0]["error"]
         param = error.get("param")
-        return openai_error(
-            400,
-            error["message"],
-            code=error.get("code") or "invalid_value",
-            param=f"session.{param.removeprefix('session.')}" if param else None,
+        return error_response(
+            ClientError(
+                error["message"],
+                code=error.get("code") or Code.INVALID_VALUE,
+                param=f"session.{param.removeprefix('session.')}" if param else None,
+            )
         )
     try:
         token, expires_at = state.keys.create_client_secret(principal.key, config, seconds)
     except ParleyError as exc:
-        return openai_error(400, exc.message, code=exc.code, param=exc.param)
+        return error_response(exc)
     return JSONResponse({"value": token, "expires_at": int(expires_at), "session": preview.config})
 
 
@@ -282,11 +284,10 @@ async def _serve_realtime(ws: WebSocket, state: AppState) -> None:
     if not state.limiter.open_session(principal.key):
         limit = principal.key.limits.max_sessions if principal.key else None
         await ws.send_denial_response(
-            openai_error(
-                429,
-                f"Too many concurrent Realtime sessions for this key (limit {limit}).",
-                code="rate_limit_exceeded",
-                kind="sessions",
+            error_response(
+                RateLimitError(
+                    f"Too many concurrent Realtime sessions for this key (limit {limit})."
+                )
             )
         )
         return
@@ -347,7 +348,7 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
                             session.error(
                                 ClientError(
                                     f"Your session hit the maximum duration of {limit_s} seconds.",
-                                    code="session_expired",
+                                    code=Code.SESSION_EXPIRED,
                                 )
                             )
                         )

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from parley.errors import AuthenticationError, Code, ParleyError, RateLimitError, error_body
 from parley.store.keys import SECRET_PREFIX, ApiKey, KeyStore
 
 __all__ = ["AuthMiddleware", "Limiter", "Principal", "principal_of"]
@@ -97,10 +98,8 @@ class Limiter:
             self._sessions[key.id] -= 1
 
 
-def _error_body(message: str, code: str, kind: str = "invalid_request_error") -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    ).encode()
+def _error_body(exc: ParleyError) -> bytes:
+    return json.dumps({"error": error_body(exc)}).encode()
 
 
 class AuthMiddleware:
@@ -138,11 +137,9 @@ class AuthMiddleware:
                     scope,
                     receive,
                     send,
-                    401,
-                    _error_body(
+                    AuthenticationError(
                         "/metrics needs the operator's metrics token (server.metrics_token), or a "
-                        "loopback client when none is set.",
-                        "invalid_api_key",
+                        "loopback client when none is set."
                     ),
                 )
             return
@@ -151,7 +148,7 @@ class AuthMiddleware:
         if token is None:
             failure = (
                 "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.",
-                "missing_api_key",
+                Code.MISSING_API_KEY,
             )
         elif token.startswith(SECRET_PREFIX):
             secret = (
@@ -164,15 +161,15 @@ class AuthMiddleware:
             failure = (
                 "Invalid ephemeral key: it is unknown, expired, already used, or not for "
                 "a Realtime connection.",
-                "invalid_api_key",
+                Code.INVALID_API_KEY,
             )
         else:
             key = self.keys.authenticate(token)
             if key is not None:
                 principal = Principal(key.tenant.name, key)
-            failure = ("Incorrect API key provided, or the key was revoked.", "invalid_api_key")
+            failure = ("Incorrect API key provided, or the key was revoked.", Code.INVALID_API_KEY)
         if principal is None:
-            await _refuse(scope, receive, send, 401, _error_body(*failure))
+            await _refuse(scope, receive, send, AuthenticationError(failure[0], code=failure[1]))
             return
         allowed, remaining, reset = self.limiter.request(principal.key)
         if not allowed:
@@ -181,12 +178,9 @@ class AuthMiddleware:
                 scope,
                 receive,
                 send,
-                429,
-                _error_body(
+                RateLimitError(
                     f"Rate limit reached: {limit} requests per minute for this key. "
-                    f"Try again in {reset:.0f} s.",
-                    "rate_limit_exceeded",
-                    "requests",
+                    f"Try again in {reset:.0f} s."
                 ),
                 headers=[(b"retry-after", str(max(1, round(reset))).encode())],
             )
@@ -240,10 +234,10 @@ async def _refuse(
     scope: Scope,
     receive: Receive,
     send: Send,
-    status: int,
-    body: bytes,
+    exc: ParleyError,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
+    status, body = exc.status, _error_body(exc)
     head = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

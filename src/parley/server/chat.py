@@ -35,7 +35,7 @@ from parley.engines.base import (
     Usage,
     estimate_tokens,
 )
-from parley.errors import ClientError, ParleyError
+from parley.errors import ClientError, Code, ParleyError
 from parley.server.openai_errors import sse, sse_error
 
 __all__ = ["ChatCompletionRequest", "Completion", "Reply", "chat_request"]
@@ -226,11 +226,11 @@ def chat_request(req: ChatCompletionRequest, *, vision: bool) -> ChatRequest:
                 raise ClientError(
                     f"tool_choice names function {choice!r}, which is not among 'tools'",
                     param="tool_choice",
-                    code="invalid_value",
+                    code=Code.INVALID_VALUE,
                 )
         case "required" if not tools:
             raise ClientError(
-                "tool_choice 'required' needs 'tools'", param="tool_choice", code="invalid_value"
+                "tool_choice 'required' needs 'tools'", param="tool_choice", code=Code.INVALID_VALUE
             )
         case str():
             choice = req.tool_choice
@@ -260,7 +260,7 @@ def _user_content(
                         "This model does not accept images (the configured LLM engine has no"
                         " vision); send text only.",
                         param=where,
-                        code="image_not_supported",
+                        code=Code.IMAGE_NOT_SUPPORTED,
                     )
                 parts.append(ImagePart(part.image_url.url, part.image_url.detail))
             case _OtherPart():
@@ -268,7 +268,7 @@ def _user_content(
                     f"content parts of type '{part.type}' are not supported; send text"
                     " (transcribe audio with /v1/audio/transcriptions first)",
                     param=where,
-                    code="unsupported_content",
+                    code=Code.UNSUPPORTED_CONTENT,
                 )
     return tuple(parts)
 

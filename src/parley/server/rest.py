@@ -69,12 +69,19 @@ from parley.engines.base import (
     estimate_tokens,
 )
 from parley.engines.registry import Engines
-from parley.errors import ClientError, InputTooLargeError, ParleyError
-from parley.pipeline.history import new_id
+from parley.errors import (
+    ClientError,
+    Code,
+    InputTooLargeError,
+    NotFoundError,
+    ParleyError,
+    PayloadTooLargeError,
+)
+from parley.ids import new_id
 from parley.pipeline.segmenter import ClauseSegmenter
 from parley.pipeline.segments import find_speech
 from parley.server.chat import ChatCompletionRequest, Completion, Reply, chat_request
-from parley.server.openai_errors import ApiError, guarded, sse, sse_error
+from parley.server.openai_errors import guarded, sse, sse_error
 
 __all__ = [
     "AUDIO_TOKENS_PER_S",
@@ -214,10 +221,8 @@ class _Stream(StreamingResponse):
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
-    )
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -279,7 +284,7 @@ class _RestAPI:
         req = SpeechRequest.model_validate_json(await _read_body(request, self.max_body_bytes))
         limit = self.settings.pipeline.max_speech_chars
         if not req.input.strip():
-            raise ClientError("'input' must not be empty.", param="input", code="invalid_value")
+            raise ClientError("'input' must not be empty.", param="input")
         if len(req.input) > limit:
             raise InputTooLargeError(
                 f"'input' is {len(req.input)} characters; the limit is {limit}.", param="input"
@@ -335,11 +340,10 @@ class _RestAPI:
     async def _read_upload(self, request: Request) -> tuple[tuple[str, bytes], TranscriptionParams]:
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
-            raise ApiError(
-                400,
+            raise ClientError(
                 "Expected a multipart/form-data body with a 'file' field.",
                 param="file",
-                code="invalid_content_type",
+                code=Code.INVALID_CONTENT_TYPE,
             )
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
@@ -349,13 +353,21 @@ class _RestAPI:
                 max_files=1, max_fields=64, max_part_size=256 * 1024
             )
         except HTTPException as exc:  # malformed multipart
-            raise ApiError(400, f"Invalid multipart body: {exc.detail}") from None
+            raise ClientError(f"Invalid multipart body: {exc.detail}", param="file") from None
         try:
             file = form.get("file")
             if file is None:
-                raise ApiError(400, "Missing required parameter: 'file'.", param="file")
+                raise ClientError(
+                    "Missing required parameter: 'file'.",
+                    param="file",
+                    code=Code.MISSING_REQUIRED_PARAMETER,
+                )
             if not isinstance(file, UploadFile):
-                raise ApiError(400, "'file' must be a file upload, not a text field.", param="file")
+                raise ClientError(
+                    "'file' must be a file upload, not a text field.",
+                    param="file",
+                    code=Code.INVALID_TYPE,
+                )
             fields = {
                 k: v for k, v in form.multi_items() if isinstance(v, str) and not k.endswith("[]")
             }
@@ -506,11 +518,10 @@ class _RestAPI:
     async def get_model(self, request: Request) -> Response:
         model_id = str(request.path_params["model_id"])
         if model_id not in model_ids(self.settings, self.engines):
-            raise ApiError(
-                404,
+            raise NotFoundError(
                 f"The model '{model_id}' does not exist or you do not have access to it.",
                 param="model",
-                code="model_not_found",
+                code=Code.MODEL_NOT_FOUND,
             )
         return JSONResponse(self._model(model_id))
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from parley.errors import ClientError
+from parley.errors import ClientError, Code
 from parley.store.sqlite import Database
 
 __all__ = [
@@ -97,7 +97,9 @@ class KeyStore:
         if rows:
             return Tenant(rows[0]["id"], rows[0]["name"])
         if not create:
-            raise ClientError(f"unknown tenant {name!r}", param="tenant", code="tenant_not_found")
+            raise ClientError(
+                f"unknown tenant {name!r}", param="tenant", code=Code.TENANT_NOT_FOUND
+            )
         tenant = Tenant(_token("ten_", 16), name)
         self._db.execute(
             "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)",
@@ -153,7 +155,7 @@ class KeyStore:
             )
             if len(rows) != 1:
                 raise ClientError(
-                    f"tenant {tenant!r} has no key {key_id!r}", param="key", code="key_not_found"
+                    f"tenant {tenant!r} has no key {key_id!r}", param="key", code=Code.KEY_NOT_FOUND
                 )
             self._db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -186,7 +188,7 @@ class KeyStore:
             raise ClientError(
                 f"expires_after.seconds must be between {MIN_SECRET_TTL_S} and {MAX_SECRET_TTL_S}",
                 param="expires_after.seconds",
-                code="invalid_value",
+                code=Code.INVALID_VALUE,
             )
         token = _token(SECRET_PREFIX, 32)
         now = time.time()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from parley.engines.base import ImagePart, TextPart
-from parley.errors import ClientError, ConfigError
+from parley.errors import ClientError, Code, ConfigError
 from parley.store.sqlite import Database
 
 __all__ = [
@@ -42,8 +42,8 @@ __all__ = [
     "render",
 ]
 
-INVALID_PROMPT = "invalid_prompt"
-VERSION_EXISTS = "prompt_version_exists"
+INVALID_PROMPT = Code.INVALID_PROMPT
+VERSION_EXISTS = Code.PROMPT_VERSION_EXISTS
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VARIABLE_NAME = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
