@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
+import threading
+import tracemalloc
 
 import av
 import numpy as np
@@ -15,11 +18,12 @@ from parley.audio.containers import (
     decode_upload,
     encode_container,
     open_encoder,
+    open_upload,
     sniff,
 )
 from parley.audio.files import encode_audio
 from parley.audio.frames import Frame
-from parley.errors import BadAudioError, InputTooLargeError
+from parley.errors import BadAudioError, PayloadTooLargeError
 
 
 def chirp(seconds: float = 1.0, rate: int = 16000) -> Frame:
@@ -123,13 +127,84 @@ def test_decode_upload_refuses_truncated_containers() -> None:
         decode_upload(data[:40])
 
 
-@pytest.mark.parametrize("fmt", ["flac", "mp3", "webm", "m4a"])
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "webm", "m4a"])
 def test_decode_upload_stops_at_the_duration_limit(fmt: str) -> None:
     source = chirp(3.0)
     data = encode_container(source, fmt) if fmt in CONTAINER_FORMATS else encode_audio(source, fmt)
-    with pytest.raises(InputTooLargeError, match="limit of 1 s"):
-        decode_upload(data, max_duration_s=1.0)
+    with pytest.raises(PayloadTooLargeError, match=r"the limit (is|of) 1 s") as info:
+        decode_upload(data, name="clip", max_duration_s=1.0)
+    assert info.value.status == 413 and info.value.param == "file"
+    assert info.value.code == "audio_too_long"
+    assert info.value.message.startswith("clip is ")
     assert decode_upload(data, max_duration_s=5.0).duration_s > 2.5
+
+
+def silent_flac(seconds: float, rate: int = 16000) -> bytes:
+    """A FLAC of silence, written block by block (a long one never sits in memory whole)."""
+    buf = io.BytesIO()
+    block = np.zeros(rate * 10, np.int16)
+    with sf.SoundFile(buf, "w", rate, 1, format="FLAC", subtype="PCM_16") as snd:
+        for start in range(0, int(seconds * rate), len(block)):
+            snd.write(block[: int(seconds * rate) - start])
+    return buf.getvalue()
+
+
+def without_declared_length(flac: bytes) -> bytes:
+    """``flac`` with STREAMINFO's total samples (its low 36 bits at bytes 21-25) set to 0,
+    "unknown": a file that hides its length until decoded."""
+    out = bytearray(flac)
+    out[21] &= 0xF0
+    out[22:26] = bytes(4)
+    return bytes(out)
+
+
+def test_open_upload_refuses_a_declared_length_at_once() -> None:
+    flac = silent_flac(24 * 60)
+    assert len(flac) < 200_000  # 24 minutes of silence: a tiny upload
+    with pytest.raises(PayloadTooLargeError, match="is 24 min long; the limit is 10 min"):
+        open_upload(flac, name="bomb.flac", max_duration_s=600)
+
+
+def test_open_upload_stops_a_hidden_length_while_decoding() -> None:
+    flac = without_declared_length(silent_flac(30))
+    with sf.SoundFile(io.BytesIO(flac)) as snd:
+        assert snd.frames <= 0 or snd.frames > 30 * 16000  # the header no longer says
+    upload = open_upload(flac, name="bomb.flac", max_duration_s=5)
+    with pytest.raises(PayloadTooLargeError, match="longer than the limit of 5 s"):
+        for _ in upload:
+            pass
+    assert upload.samples <= 5 * 16000 + 65536  # stopped within a block of the limit
+    assert list(upload) == []  # and closed
+
+
+def test_open_upload_decodes_a_long_recording_in_bounded_memory() -> None:
+    seconds = 20 * 60
+    flac = silent_flac(seconds)
+    tracemalloc.start()
+    try:
+        with contextlib.closing(open_upload(flac, name="long.flac")) as upload:
+            blocks = sum(1 for _ in upload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert upload.samples == seconds * 16000 and blocks > 100
+    int16_whole = seconds * 16000 * 2  # 38 MB; float64 would be 154 MB
+    assert peak < int16_whole / 10, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_upload_close_waits_for_a_block_being_decoded() -> None:
+    upload = open_upload(silent_flac(60), name="a.flac")
+    seen: list[int] = []
+
+    def read() -> None:
+        seen.extend(len(frame) for frame in upload)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    upload.close()  # from another thread, mid-stream: no crash, iteration just ends
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert sum(seen) <= 60 * 16000
 
 
 def test_decode_upload_without_pyav_still_reads_wav(monkeypatch: pytest.MonkeyPatch) -> None:

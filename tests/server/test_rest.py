@@ -454,12 +454,14 @@ def test_transcription_limits_upload_size_and_duration(
         with pytest.raises(openai.APIStatusError) as info:
             small.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
         assert info.value.status_code == 413
-        with pytest.raises(openai.BadRequestError) as too_long:
+        with pytest.raises(openai.APIStatusError) as too_long:
             small.audio.transcriptions.create(
                 model="whisper-1", file=("a.mp3", encode_audio(goforward[0], "mp3"))
             )
-        assert_openai_error(too_long.value, 400, "file")
-        assert "limit of 1 s" in too_long.value.response.json()["error"]["message"]
+        assert_openai_error(too_long.value, 413, "file")
+        error = too_long.value.response.json()["error"]
+        assert error["code"] == "audio_too_long"
+        assert re.search(r"the limit (is|of) 1 s", error["message"]), error["message"]
 
 
 # --- /v1/chat/completions --------------------------------------------------------------------

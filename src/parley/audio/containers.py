@@ -1,11 +1,13 @@
 """Uploaded audio of any common container in, streamed audio of the OpenAI formats out.
 
-Decoding (:func:`decode_upload`) tries libsndfile first (wav, flac, ogg vorbis/opus, mp3, aiff)
+Decoding (:func:`open_upload`) tries libsndfile first (wav, flac, ogg vorbis/opus, mp3, aiff)
 and falls back to PyAV (FFmpeg) for what libsndfile cannot read: webm/matroska (opus, vorbis),
 m4a/mp4 (aac, alac), raw ADTS aac. FFmpeg is only ever given a demuxer chosen from the file's
 magic bytes, never asked to probe: probing would reach demuxers (playlists, concat lists) that
-open other files or URLs named inside an upload. Decoding reads block by block and stops at
-``max_duration_s``, so a small compressed file cannot expand into gigabytes of PCM.
+open other files or URLs named inside an upload. An upload is decoded as a stream of mono int16
+blocks, consumed one at a time, and refused past ``max_duration_s`` from its header or as soon
+as its audio passes the limit: a small compressed file cannot expand into gigabytes of PCM.
+Whatever the decoders raise on a bad upload is a ``BadAudioError`` about the ``file``.
 
 Encoding (:func:`open_encoder`) turns a stream of frames into the bytes of one file, chunk by
 chunk, so a server can send audio while it is still being synthesised:
@@ -28,16 +30,18 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import math
 import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import soundfile as sf
 
-from parley.audio.files import encode_audio
-from parley.audio.frames import PCM16, Frame, float32_to_int16
-from parley.errors import BadAudioError, InputTooLargeError
+from parley.audio.files import check_sample_rate, encode_audio, mono_blocks
+from parley.audio.frames import PCM16, Frame
+from parley.errors import BadAudioError, Code, ParleyError, PayloadTooLargeError
 
 if TYPE_CHECKING:
     import av
@@ -48,10 +52,12 @@ __all__ = [
     "INPUT_FORMATS",
     "SPEECH_FORMATS",
     "AudioEncoder",
+    "Upload",
     "av_available",
     "decode_upload",
     "encode_container",
     "open_encoder",
+    "open_upload",
     "sniff",
 ]
 
@@ -65,6 +71,10 @@ CONTAINER_FORMATS: tuple[str, ...] = ("aac", "m4a", "webm")
 """What :func:`encode_container` writes (through PyAV) besides libsndfile's formats."""
 
 _BLOCK_FRAMES = 65536
+_NONE: PCM16 = np.zeros(0, np.int16)
+_SF_COUNT_MAX = 2**63 - 1
+# The OpenAI API's name for the uploaded file: every decoding error is about it.
+_PARAM = "file"
 # Kind sniffed from magic bytes -> the FFmpeg demuxer that may read it.
 _DEMUXERS = {
     "wav": "wav",
@@ -125,121 +135,232 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def decode_upload(
+def open_upload(
     data: bytes, *, name: str = "upload", max_duration_s: float | None = None
-) -> Frame:
-    """An uploaded audio file as one mono frame at its own rate.
+) -> Upload:
+    """An uploaded audio file, opened: its header read and its first block decoded, so that a
+    file that is not audio, holds no samples, has an absurd sample rate or declares a length past
+    ``max_duration_s`` fails here. Iterate the result for its frames, then close it.
 
     Raises :class:`BadAudioError` (one line naming ``name`` and the cause) for anything that
-    gives no audio, and :class:`InputTooLargeError` past ``max_duration_s``.
+    gives no audio, :class:`PayloadTooLargeError` past ``max_duration_s``; ``param`` ``file``.
     """
     if not data:
-        raise BadAudioError(f"{name} is empty (0 bytes)")
+        raise BadAudioError(f"{name} is empty (0 bytes)", param=_PARAM)
     kind = sniff(data)
     reason = "format not recognised"
     if kind not in _AV_ONLY:
         try:
-            return _decode_soundfile(data, name, max_duration_s)
+            return Upload(_open_soundfile(data, name), name, max_duration_s)
         except _Unreadable as exc:
-            reason = exc.reason
+            reason = str(exc)
     if kind is None:
         raise BadAudioError(
-            f"{name}: unsupported or corrupt audio ({reason}); expected {INPUT_FORMATS}"
+            f"{name}: unsupported or corrupt audio ({reason}); expected {INPUT_FORMATS}",
+            param=_PARAM,
         )
     if not av_available():
         raise BadAudioError(
             f"{name} looks like {kind}, which this server cannot decode (PyAV is not installed);"
-            " send wav, flac, mp3 or ogg"
+            " send wav, flac, mp3 or ogg",
+            param=_PARAM,
         )
-    return _decode_av(data, _DEMUXERS[kind], kind, name, max_duration_s)
+    return Upload(_open_av(data, kind, name), name, max_duration_s)
+
+
+def decode_upload(
+    data: bytes, *, name: str = "upload", max_duration_s: float | None = None
+) -> Frame:
+    """An uploaded audio file as one mono frame at its own rate (:func:`open_upload`, whole)."""
+    with contextlib.closing(open_upload(data, name=name, max_duration_s=max_duration_s)) as up:
+        blocks = [frame.samples for frame in up]
+    return Frame(np.concatenate(blocks), up.sample_rate)
+
+
+class Upload:
+    """An opened upload (:func:`open_upload`): mono frames at ``sample_rate``, a decoded block
+    (~64k samples) per step, until :class:`PayloadTooLargeError` past the duration limit;
+    ``samples`` counts what was decoded. A step is blocking work (a worker thread's); a
+    :meth:`close` from another thread waits for the block being decoded, never frees it."""
+
+    __slots__ = ("_blocks", "_close", "_limit", "_lock", "kind", "name", "sample_rate", "samples")
+
+    def __init__(self, source: _Source, name: str, max_duration_s: float | None) -> None:
+        self.name, self.kind, self.sample_rate = name, source.kind, source.rate
+        self.samples = 0
+        self._blocks: Iterator[PCM16] | None = itertools.chain([source.first], source.rest)
+        self._close = source.close
+        self._lock = threading.RLock()
+        self._limit = max_duration_s
+        if not len(source.first):
+            self.close()
+            raise BadAudioError(f"{name} holds no audio samples", param=_PARAM)
+        if max_duration_s is not None and source.length is not None:
+            # An mp3's length is an estimate (from its size and first frame): only a gross
+            # excess is refused here; the block loop enforces the limit exactly.
+            declared = source.length / source.rate
+            if declared > (max_duration_s if source.exact else 2 * max_duration_s + 1):
+                self.close()
+                raise _too_long(name, max_duration_s, declared, exact=source.exact)
+
+    def __iter__(self) -> Upload:
+        return self
+
+    def __next__(self) -> Frame:
+        with self._lock:
+            if self._blocks is None:
+                raise StopIteration
+            try:
+                block = next(self._blocks)
+            except BaseException as exc:
+                self.close()
+                if isinstance(exc, ParleyError | StopIteration) or not isinstance(exc, Exception):
+                    raise
+                # Hostile bytes reach C decoders here: whatever they raise is the file's fault.
+                seconds = self.samples / self.sample_rate
+                raise BadAudioError(
+                    f"{self.name}: corrupt {self.kind} audio after {seconds:.1f} s"
+                    f" ({_reason(exc)})",
+                    param=_PARAM,
+                ) from None
+            self.samples += len(block)
+            if self._limit is not None and self.samples > self._limit * self.sample_rate:
+                self.close()
+                raise _too_long(self.name, self._limit)
+            return Frame(block, self.sample_rate)
+
+    def close(self) -> None:
+        """Free the decoder; iteration ends. Idempotent."""
+        with self._lock:
+            if self._blocks is not None:
+                self._blocks = None
+                self._close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """An opened decoder: what :class:`Upload` needs of libsndfile or PyAV."""
+
+    kind: str  # the container, for messages
+    rate: int
+    length: int | None  # frames the header declares, if it does
+    exact: bool  # whether ``length`` is exact (an mp3's is an estimate)
+    first: PCM16  # the first block (empty: the file holds no samples)
+    rest: Iterator[PCM16]
+    close: Callable[[], None]
 
 
 class _Unreadable(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """libsndfile cannot read the file (its reason is the argument); PyAV may."""
 
 
-def _too_long(name: str, limit: float) -> InputTooLargeError:
-    return InputTooLargeError(f"{name} is longer than the limit of {limit:g} s", param="file")
+def _span(seconds: float) -> str:
+    """A duration as people say it: ``1 s``, ``90 s``, ``24 min``, ``24.5 min``."""
+    return f"{round(seconds, 1):g} s" if seconds < 120 else f"{round(seconds / 60, 1):g} min"
 
 
-def _decode_soundfile(data: bytes, name: str, max_duration_s: float | None) -> Frame:
-    # libsndfile's mp3 decoder sometimes leaves the FPU's "invalid" flag set with nothing
-    # invalid in its output, and numpy reports a stale flag as a RuntimeWarning on its next
-    # operation in this thread. The samples are sanitised below, so the flags are ignored here
-    # and consumed before leaving.
-    with np.errstate(all="ignore"):
-        try:
-            return _read_soundfile(data, name, max_duration_s)
-        finally:
-            np.add(np.zeros(1), 0.0)
+def _too_long(
+    name: str, limit: float, declared: float | None = None, *, exact: bool = True
+) -> PayloadTooLargeError:
+    if declared is None:
+        message = f"{name} is longer than the limit of {_span(limit)}"
+    else:
+        about = "" if exact else "about "
+        message = f"{name} is {about}{_span(declared)} long; the limit is {_span(limit)}"
+    return PayloadTooLargeError(message, param=_PARAM, code=Code.AUDIO_TOO_LONG)
 
 
-def _read_soundfile(data: bytes, name: str, max_duration_s: float | None) -> Frame:
+def _reason(exc: BaseException) -> str:
+    """A decoder's own words for ``exc``: libsndfile's error string, FFmpeg's strerror."""
+    text = getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(text).strip().rstrip(".") or type(exc).__name__
+
+
+def _open_soundfile(data: bytes, name: str) -> _Source:
     try:
-        with sf.SoundFile(io.BytesIO(data)) as snd:
-            rate = int(snd.samplerate)
-            limit = None if max_duration_s is None else math.ceil(max_duration_s * rate)
-            # mp3 lengths are estimates; the block loop below enforces the limit exactly.
-            if limit is not None and snd.frames > 2 * limit + rate:
-                raise _too_long(name, max_duration_s or 0)
-            blocks: list[PCM16] = []
-            total = 0
-            for block in snd.blocks(_BLOCK_FRAMES, dtype="float32", always_2d=True):
-                # Float sources can hold NaN or inf: map them into range, clip, never wrap.
-                mono = np.nan_to_num(block.mean(axis=1), nan=0.0, posinf=1.0, neginf=-1.0)
-                blocks.append(float32_to_int16(mono))
-                total += len(mono)
-                if limit is not None and total > limit:
-                    raise _too_long(name, max_duration_s or 0)
-    except (sf.SoundFileError, RuntimeError, ValueError, OSError) as exc:
-        reason = getattr(exc, "error_string", None)
-        text = reason if isinstance(reason, str) and reason else str(exc)
-        raise _Unreadable(text.strip().rstrip(".") or type(exc).__name__) from None
-    if total == 0:
-        raise BadAudioError(f"{name} holds no audio samples")
-    return Frame(np.concatenate(blocks), rate)
+        with contextlib.ExitStack() as on_error:
+            snd = sf.SoundFile(io.BytesIO(data))
+            on_error.callback(snd.close)
+            rate = check_sample_rate(int(snd.samplerate), name, param=_PARAM)
+            blocks = mono_blocks(snd)
+            first = next(blocks, _NONE)
+            on_error.pop_all()
+    except ParleyError:
+        raise
+    except Exception as exc:
+        raise _Unreadable(_reason(exc)) from None
+    return _Source(
+        kind=str(snd.format).lower(),
+        rate=rate,
+        # libsndfile says SF_COUNT_MAX for a length it does not know (a FLAC's is optional).
+        length=int(snd.frames) if 0 < snd.frames < _SF_COUNT_MAX else None,
+        exact=snd.format != "MP3",
+        first=first,
+        rest=blocks,
+        close=snd.close,
+    )
 
 
-def _decode_av(
-    data: bytes, demuxer: str, kind: str, name: str, max_duration_s: float | None
-) -> Frame:
+def _open_av(data: bytes, kind: str, name: str) -> _Source:
     import av
 
-    blocks: list[PCM16] = []
-    total = 0
     try:
-        with av.open(io.BytesIO(data), mode="r", format=demuxer) as container:
+        with contextlib.ExitStack() as on_error:
+            container = av.open(io.BytesIO(data), mode="r", format=_DEMUXERS[kind])
+            on_error.callback(container.close)
             if not container.streams.audio:
-                raise BadAudioError(f"{name}: the {kind} file has no audio track")
+                raise BadAudioError(f"{name}: the {kind} file has no audio track", param=_PARAM)
             stream = container.streams.audio[0]
-            rate = int(stream.codec_context.sample_rate or 0)
-            if rate <= 0:
-                raise BadAudioError(f"{name}: the {kind} audio track has no sample rate")
-            limit = None if max_duration_s is None else math.ceil(max_duration_s * rate)
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-            # None at the end drains the resampler.
-            for frame in itertools.chain(container.decode(stream), [None]):
-                for out in resampler.resample(frame):
-                    samples = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
-                    blocks.append(samples)
-                    total += len(samples)
-                if limit is not None and total > limit:
-                    raise _too_long(name, max_duration_s or 0)
-    except (av.FFmpegError, OSError, ValueError, EOFError, RuntimeError) as exc:
+            # None when FFmpeg has no decoder for the codec (a wav of format 0x1234, say).
+            if (codec := stream.codec_context) is None:
+                raise BadAudioError(
+                    f"{name}: the {kind} file's audio is in a codec this server cannot decode;"
+                    f" expected {INPUT_FORMATS}",
+                    param=_PARAM,
+                )
+            rate = check_sample_rate(int(codec.sample_rate or 0), name, param=_PARAM)
+            blocks = _av_blocks(container, stream, rate)
+            first = next(blocks, _NONE)
+            on_error.pop_all()
+    except ParleyError:
+        raise
+    except Exception as exc:
         raise BadAudioError(
-            f"{name}: unsupported or corrupt {kind} audio ({_av_reason(exc)});"
-            f" expected {INPUT_FORMATS}"
+            f"{name}: unsupported or corrupt {kind} audio ({_reason(exc)});"
+            f" expected {INPUT_FORMATS}",
+            param=_PARAM,
         ) from None
-    if total == 0:
-        raise BadAudioError(f"{name} holds no audio samples")
-    return Frame(np.concatenate(blocks), rate)
+    duration = container.duration  # microseconds, an estimate; None if unknown
+    return _Source(
+        kind=kind,
+        rate=rate,
+        length=None if duration is None else duration * rate // 1_000_000,
+        exact=False,
+        first=first,
+        rest=blocks,
+        close=container.close,
+    )
 
 
-def _av_reason(exc: Exception) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).strip().rstrip(".") or type(exc).__name__
+def _av_blocks(
+    container: av.container.InputContainer, stream: av.AudioStream, rate: int
+) -> Iterator[PCM16]:
+    """The stream's audio as mono int16 in blocks of about :data:`_BLOCK_FRAMES` (decoded
+    frames are a few ms each: a block per frame would cost a thread hop per frame)."""
+    import av
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    pending: list[PCM16] = []
+    size = 0
+    # None at the end drains the resampler.
+    for frame in itertools.chain(container.decode(stream), [None]):
+        for out in resampler.resample(frame):
+            pending.append(out.to_ndarray().reshape(-1).astype(np.int16, copy=False))
+            size += len(pending[-1])
+        if size >= _BLOCK_FRAMES or (frame is None and size):
+            yield np.concatenate(pending)
+            pending.clear()
+            size = 0
 
 
 def _av_frame(samples: PCM16, rate: int, pts: int) -> av.AudioFrame:
@@ -329,18 +450,9 @@ def open_encoder(format: str, sample_rate: int) -> AudioEncoder:
 
 
 def _wav_header(rate: int) -> bytes:
-    unknown = 0xFFFFFFFF
+    unknown = struct.pack("<I", 0xFFFFFFFF)
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    return (
-        b"RIFF"
-        + struct.pack("<I", unknown)
-        + b"WAVE"
-        + b"fmt "
-        + struct.pack("<I", len(fmt))
-        + fmt
-        + b"data"
-        + struct.pack("<I", unknown)
-    )
+    return b"RIFF" + unknown + b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + unknown
 
 
 def _check_rate(frame: Frame, rate: int) -> None:
@@ -441,7 +553,7 @@ class _AVEncoder:
             assert isinstance(stream, av.AudioStream)
             stream.bit_rate = bit_rate
         except (av.FFmpegError, ValueError) as exc:
-            raise BadAudioError(f"cannot encode audio as {format}: {_av_reason(exc)}") from None
+            raise BadAudioError(f"cannot encode audio as {format}: {_reason(exc)}") from None
         self._container: av.container.OutputContainer | None = container
         self._stream = stream
 

@@ -2,29 +2,50 @@
 
 Reading gives one mono :class:`Frame` at the file's own rate (or at ``sample_rate`` when asked):
 channels are averaged and float sources are clipped into int16, never wrapped. Every way a file
-can fail to give audio (missing, a directory, unreadable, not audio, corrupt, empty) is a
-:class:`BadAudioError` whose message names the file and the cause in one line, because these
-messages reach API clients and the CLI as they are.
+can fail to give audio (missing, a directory, unreadable, not audio, corrupt, empty, a sample
+rate outside :data:`SAMPLE_RATES`) is a :class:`BadAudioError` whose message names the file and
+the cause in one line, because these messages reach API clients and the CLI as they are.
 
-This module does not stream: it decodes and encodes whole clips in memory. Size limits belong to
-whoever accepts the upload.
+Files are read block by block (:func:`mono_blocks`): only one block is ever held as float, so a
+clip costs int16 of its length and no more. :mod:`parley.audio.containers` reads uploads with the
+same blocks, one at a time, without keeping them. This module returns whole clips; size limits
+belong to whoever accepts the upload.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 
-from parley.audio.frames import Frame, float32_to_int16
+from parley.audio.frames import PCM16, Frame, float32_to_int16
 from parley.audio.resample import resample
 from parley.errors import BadAudioError
 
-__all__ = ["OUTPUT_FORMATS", "decode_audio", "encode_audio", "read_audio", "write_audio"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "SAMPLE_RATES",
+    "check_sample_rate",
+    "decode_audio",
+    "encode_audio",
+    "mono_blocks",
+    "read_audio",
+    "write_audio",
+]
+
+SAMPLE_RATES = range(1000, 384_001)
+"""Sample rates parley reads. Below, resampling to 16 kHz would multiply a block's size by more
+than 16 (a header claiming 1 Hz turns kilobytes into gigabytes); above, nothing records speech."""
+
+# Frames per block, and the samples (all channels) a block may hold: ~64k frames at ~2 MB of
+# float32, fewer frames when a file has many channels (libsndfile allows 1024).
+_BLOCK_FRAMES = 1 << 16
+_BLOCK_SAMPLES = 1 << 19
 
 
 # Output format -> (libsndfile container, subtype, the sample rates the codec accepts or None).
@@ -102,39 +123,60 @@ def encode_audio(frame: Frame, format: str) -> bytes:
     return buf.getvalue()
 
 
-def _decode(source: BinaryIO, name: str) -> Frame:
+def check_sample_rate(rate: int, name: str, *, param: str | None = None) -> int:
+    """``rate`` if it is in :data:`SAMPLE_RATES`, else a :class:`BadAudioError` naming ``name``
+    (and ``param``, the request field that carried the file, if any)."""
+    if rate not in SAMPLE_RATES:
+        raise BadAudioError(
+            f"{name}: a sample rate of {rate} Hz is out of range"
+            f" ({SAMPLE_RATES.start}-{SAMPLE_RATES.stop - 1} Hz)",
+            param=param,
+        )
+    return rate
+
+
+def mono_blocks(snd: sf.SoundFile) -> Iterator[PCM16]:
+    """The rest of the open ``snd``, block by block, as mono int16 (channels averaged; NaN,
+    inf and out-of-range floats mapped into range, never wrapped). libsndfile's errors
+    (``sf.SoundFileError``, ``RuntimeError``) pass through to the caller."""
+    frames = max(256, min(_BLOCK_FRAMES, _BLOCK_SAMPLES // max(snd.channels, 1)))
+    while len(block := _read_mono(snd, frames)):
+        yield block
+
+
+def _read_mono(snd: sf.SoundFile, frames: int) -> PCM16:
     # libsndfile's mp3 decoder can leave the FPU's "invalid" flag set with nothing invalid in
     # its output; numpy would report the stale flag as a RuntimeWarning on its next operation
     # (about 1 decode in 150). The samples are sanitised, so the flags are ignored here and
-    # consumed before leaving.
+    # consumed before leaving. Per block, not around the generator: a generator's
+    # ``errstate`` would leak into whatever its consumer runs between blocks.
     with np.errstate(all="ignore"):
         try:
-            return _decode_samples(source, name)
+            block = snd.read(frames, dtype="float32", always_2d=True)
+            mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+            return float32_to_int16(np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0))
         finally:
             np.add(np.zeros(1), 0.0)
 
 
-def _decode_samples(source: BinaryIO, name: str) -> Frame:
+def _decode(source: BinaryIO, name: str) -> Frame:
     try:
         if not source.read(1):
             raise BadAudioError(f"{name} is empty (0 bytes)")
         source.seek(0)
         with sf.SoundFile(source) as snd:
-            rate = int(snd.samplerate)
-            data = snd.read(dtype="float64", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as exc:
+            rate = check_sample_rate(int(snd.samplerate), name)
+            blocks = list(mono_blocks(snd))
+    except (sf.SoundFileError, RuntimeError, ValueError) as exc:
         raise BadAudioError(
             f"{name}: unsupported or corrupt audio ({_reason(exc)});"
             " expected wav, flac, ogg, opus or mp3"
         ) from None
     except OSError as exc:
         raise BadAudioError(f"cannot read audio file {name}: {exc.strerror or exc}") from None
-    if data.shape[0] == 0:
+    if not blocks:
         raise BadAudioError(f"{name} holds no audio samples")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    # Float sources can hold NaN or inf; map them into range rather than cast garbage.
-    mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
-    return Frame(float32_to_int16(mono), rate)
+    return Frame(np.concatenate(blocks), rate)
 
 
 def _reason(exc: Exception) -> str:
