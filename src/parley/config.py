@@ -121,6 +121,11 @@ class ServerSettings(_Section):
     database: Path = Path("parley.db")
     # Bearer token for /metrics (all tenants' figures); unset: loopback clients only.
     metrics_token: str | None = None
+    # Realtime: events queued for a client that does not read them, beyond which its session is
+    # closed (8 MiB is about two minutes of 24 kHz audio).
+    send_buffer_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    # Realtime: how often an open session checks that its key was not revoked (seconds).
+    revocation_check_s: float = Field(2.0, gt=0, le=60)
 
 
 class Settings(_Section):

@@ -419,6 +419,9 @@ async def test_realtime_audio_item_without_transcript_is_recognised(
             }
         )
         item = (await c.until("conversation.item.added"))["item"]
+        # Recognised in the background (the session goes on meanwhile), then announced.
+        done = await c.until("conversation.item.input_audio_transcription.completed")
+        assert done["item_id"] == item["id"] and "forward" in done["transcript"]
         await c.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
         retrieved = (await c.until("conversation.item.retrieved"))["item"]
         assert "forward" in retrieved["content"][0]["transcript"]

@@ -1,7 +1,7 @@
 """The conversation engine: turn detection, streaming ASR, LLM -> segmenter -> TTS responses,
 barge-in and truncation, history with a context budget, and each turn's latency timeline."""
 
-from parley.pipeline.conversation import Pipeline, ResponseOptions
+from parley.pipeline.conversation import Pipeline
 from parley.pipeline.events import (
     InputCommitted,
     PipelineEvent,
@@ -18,6 +18,7 @@ from parley.pipeline.events import (
     TranscriptPartial,
 )
 from parley.pipeline.history import History, Item
+from parley.pipeline.options import ResponseOptions
 from parley.pipeline.segmenter import ClauseSegmenter
 from parley.pipeline.timeline import TurnTimeline
 from parley.pipeline.turns import SpeechEdge, TurnDetector

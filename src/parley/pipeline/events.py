@@ -147,6 +147,8 @@ class StageError:
     turn_id: str | None
     stage: Literal["vad", "asr", "llm", "tts"]
     error: ParleyError
+    # The user item whose recognition failed (stage "asr" of a committed turn).
+    item_id: str | None = None
 
 
 PipelineEvent = (

@@ -8,7 +8,8 @@ together: a model must never see an output without its call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from parley.engines.base import ContentPart, Message
 from parley.engines.base import estimate_message_tokens as estimate_tokens
@@ -16,10 +17,19 @@ from parley.ids import new_id
 
 __all__ = ["History", "Item", "estimate_tokens"]
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, eq=False)
 class Item:
+    """One conversation item: what the model sees of it, and what a client was shown of it.
+
+    ``view`` belongs to the protocol layer (the Realtime item dict its client was sent); the
+    pipeline never reads it. ``None``: no client has been told of the item (an assistant
+    message that produced no text, say), so it is not addressable by id from outside.
+    """
+
     id: str
     message: Message
+    view: dict[str, Any] | None = field(default=None)
 
 
 class History:
@@ -60,11 +70,17 @@ class History:
         return len(self._items) != before
 
     def replace_text(self, item_id: str, text: str) -> Item:
-        """Set an item's text (used to truncate an assistant reply to what was heard)."""
-        idx = self._index(item_id)
-        item = self._items[idx]
-        self._items[idx] = Item(item.id, replace(item.message, content=text))
-        return self._items[idx]
+        """Set an item's text (a transcript; an assistant reply truncated to what was heard)."""
+        item = self._items[self._index(item_id)]
+        item.message = replace(item.message, content=text)
+        return item
+
+    def previous_shown(self, item_id: str) -> str | None:
+        """The id of the nearest item before ``item_id`` that a client was shown (its
+        ``previous_item_id``); the last shown item if ``item_id`` is not in the history."""
+        ids = [i.id for i in self._items]
+        end = ids.index(item_id) if item_id in ids else len(ids)
+        return next((i.id for i in reversed(self._items[:end]) if i.view is not None), None)
 
     def prompt(self, instructions: str | tuple[ContentPart, ...] | None) -> tuple[Message, ...]:
         """The newest items that fit the budget, after the system instructions."""

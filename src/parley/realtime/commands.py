@@ -1,7 +1,8 @@
 """What the Realtime session asks of the pipeline: plain commands, carried out by the server.
 
-The session (sans I/O) returns these; ``parley.server`` executes each on the connection's
-pipeline and reports the outcome back to the session.
+The session (sans I/O) returns these; the transport adapter executes each on the connection's
+pipeline, in order, and reports the outcome back to the session (``command_done`` or
+``command_failed``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from parley.audio.frames import Frame
 from parley.config import TurnDetectionSettings
 from parley.engines.base import ContentPart
-from parley.pipeline.conversation import ResponseOptions
+from parley.pipeline.options import ResponseOptions
 
 __all__ = [
     "CancelResponse",
@@ -20,8 +21,8 @@ __all__ = [
     "Command",
     "CommitInput",
     "Configure",
-    "CreateResponse",
     "PushAudio",
+    "StartResponse",
     "TranscribeItem",
     "Truncate",
 ]
@@ -54,15 +55,24 @@ class Configure:
 
 
 @dataclass(frozen=True, slots=True)
-class CreateResponse:
+class StartResponse:
+    """Generate response ``response_id`` into assistant item ``item_id``. ``turn_id``: the user
+    turn it answers (its latency timeline carries on), None for a client's response.create."""
+
+    response_id: str
+    item_id: str
     options: ResponseOptions
-    event_id: str | None
-    metadata: dict[str, str] | None = None
+    turn_id: str | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CancelResponse:
-    event_id: str | None
+    """Stop generating ``response_id``; the pipeline answers with its ResponseDone."""
+
+    response_id: str
+    reason: str = "client_cancelled"
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +103,7 @@ Command = (
     | CommitInput
     | ClearInput
     | Configure
-    | CreateResponse
+    | StartResponse
     | CancelResponse
     | ClearOutput
     | Truncate

@@ -1,23 +1,30 @@
-"""Builders of the Realtime API's objects as plain dicts (GA shapes of ``openai.types.realtime``).
+"""The Realtime API's objects as plain dicts (GA shapes of ``openai.types.realtime``), both ways.
 
-Pure functions and a small record of each conversation item as the client sees it. Server events
-are dicts because they go straight to ``json.dumps``; their shapes are checked against the
-official SDK's models in the tests.
+Pure functions: builders of server events, items and responses, and :func:`from_client`, which
+reads a client's item into the message the model sees and the item the client sees. Server
+events are dicts because they go straight to ``json.dumps``; their shapes are checked against
+the official SDK's models in the tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
-from parley.engines.base import Usage
+from parley.audio.formats import WireFormat, b64decode_audio, decode_wire
+from parley.audio.frames import Frame
+from parley.engines.base import ContentPart, ImagePart, Message, TextPart, ToolCall, Usage
+from parley.errors import ClientError, Code, ProtocolError
+from parley.ids import new_event_id, new_id
+from parley.realtime import wire
 
 __all__ = [
-    "ItemRecord",
     "assistant_item",
+    "event",
+    "from_client",
     "function_call_item",
     "function_output_item",
     "response_object",
+    "set_item_text",
     "system_item",
     "usage_object",
     "user_item",
@@ -26,13 +33,18 @@ __all__ = [
 ItemStatus = Literal["completed", "incomplete", "in_progress"]
 
 
-@dataclass(slots=True)
-class ItemRecord:
-    """A conversation item as the client sees it; ``wire`` is its current GA dict."""
+def event(kind: str, **fields: Any) -> dict[str, Any]:
+    """A server event: its ``type``, a fresh ``event_id``, then its fields."""
+    return {"type": kind, "event_id": new_event_id(), **fields}
 
-    id: str
-    wire: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
+
+def set_item_text(item: dict[str, Any], text: str) -> None:
+    """Put ``text`` in a message item's text or transcript part (truncation, transcripts)."""
+    for part in item.get("content", []):
+        if part["type"] in ("output_audio", "input_audio"):
+            part["transcript"] = text
+        elif part["type"] == "output_text":
+            part["text"] = text
 
 
 def _item(item_id: str, kind: str, status: ItemStatus, **fields: Any) -> dict[str, Any]:
@@ -123,3 +135,101 @@ def response_object(
         "usage": usage,
         "metadata": metadata,
     }
+
+
+def from_client(
+    item: wire.ConversationItem,
+    item_id: str,
+    *,
+    vision: bool,
+    input_format: WireFormat,
+    event_id: str | None,
+) -> tuple[Message, dict[str, Any], Frame | None]:
+    """A client's ``conversation.item.create`` item as (what the model sees, what the client
+    sees, audio still to recognise), or :class:`ProtocolError`."""
+    audio: Frame | None = None
+    match item:
+        case wire.SystemMessageItem():
+            text = " ".join(p.text for p in item.content)
+            return Message("system", text), system_item(item_id, text), None
+        case wire.UserMessageItem():
+            parts: list[ContentPart] = []
+            content: list[dict[str, Any]] = []
+            for i, part in enumerate(item.content):
+                match part:
+                    case wire.InputTextPart():
+                        parts.append(TextPart(part.text))
+                        content.append({"type": "input_text", "text": part.text})
+                    case wire.InputImagePart():
+                        if not vision:
+                            raise ProtocolError(
+                                "the configured language model cannot see images "
+                                "(it does not declare vision); send text instead",
+                                param=f"item.content[{i}]",
+                                code=Code.IMAGE_INPUT_NOT_SUPPORTED,
+                                event_id=event_id,
+                            )
+                        if not part.image_url:
+                            raise ProtocolError(
+                                "input_image needs an image_url",
+                                param=f"item.content[{i}].image_url",
+                                code=Code.MISSING_REQUIRED_PARAMETER,
+                                event_id=event_id,
+                            )
+                        parts.append(ImagePart(part.image_url, part.detail or "auto"))
+                        content.append(
+                            {
+                                "type": "input_image",
+                                "image_url": part.image_url,
+                                "detail": part.detail or "auto",
+                            }
+                        )
+                    case wire.InputAudioPart():
+                        if part.transcript is not None:
+                            parts.append(TextPart(part.transcript))
+                        elif part.audio:
+                            param = f"item.content[{i}].audio"
+                            data = b64decode_audio(part.audio, param=param)
+                            try:
+                                audio = decode_wire(data, input_format)
+                            except ClientError as exc:
+                                raise ProtocolError(
+                                    exc.message, param=param, code=exc.code, event_id=event_id
+                                ) from exc
+                        content.append({"type": "input_audio", "transcript": part.transcript})
+            images = any(isinstance(p, ImagePart) for p in parts)
+            message = Message(
+                "user",
+                tuple(parts)
+                if images
+                else " ".join(p.text for p in parts if isinstance(p, TextPart)),
+            )
+            return message, user_item(item_id, content), audio
+        case wire.AssistantMessageItem():
+            text = " ".join(
+                (p.text if isinstance(p, wire.OutputTextPart) else p.transcript or "")
+                for p in item.content
+            )
+            spoken = any(isinstance(p, wire.OutputAudioPart) for p in item.content)
+            return (
+                Message("assistant", text),
+                assistant_item(item_id, "completed", audio=spoken, text=text),
+                None,
+            )
+        case wire.FunctionCallItem():
+            call_id = item.call_id or new_id("call")
+            return (
+                Message("assistant", tool_calls=(ToolCall(call_id, item.name, item.arguments),)),
+                function_call_item(
+                    item_id, "completed", call_id=call_id, name=item.name, arguments=item.arguments
+                ),
+                None,
+            )
+        case wire.FunctionCallOutputItem():
+            return (
+                Message("tool", item.output, tool_call_id=item.call_id),
+                function_output_item(item_id, call_id=item.call_id, output=item.output),
+                None,
+            )
+        case _:
+            assert_never(item)

@@ -1,37 +1,48 @@
-"""The Realtime protocol session, sans I/O.
+"""The Realtime protocol session, sans I/O: a state machine.
 
-:class:`RealtimeSession` takes client messages (raw JSON) and pipeline events, and returns server
-events (dicts ready for ``json.dumps``) and :data:`Command` s for the pipeline. It never awaits a
-socket or a model: the WebSocket handler (``parley.server``) is a thin loop that sends the
-events, carries out the commands on the pipeline and reports back with :meth:`command_done` or
-:meth:`command_failed`. Every method is synchronous, so protocol behaviour is tested without
-sockets.
+:class:`RealtimeSession` takes client messages (raw JSON), the pipeline's events and the
+outcomes of the commands it asked for, and returns :class:`Output`: server events (dicts ready
+for ``json.dumps``), :data:`~parley.realtime.commands.Command` s for the pipeline, and the ids
+of responses whose queued audio must not be sent any more. It never awaits a socket or a model;
+the transport adapter (:mod:`parley.server.realtime_ws`) is a thin loop around it, so every
+protocol behaviour, races included, is tested synchronously and table-driven.
 
-The session shares the pipeline's :class:`~parley.pipeline.history.History` (plain data, no I/O)
-so that conversation items created, retrieved and deleted by the client are the ones the model
-sees. Beta clients get the same session; their events are renamed on the way in and out.
+Its state is three things, each kept once:
+
+- the configuration, a typed :class:`~parley.realtime.wire.SessionConfig` validated only at
+  ``session.update`` (:mod:`parley.realtime.config`);
+- the conversation, the pipeline's :class:`~parley.pipeline.history.History`, which is the one
+  item registry: each item carries what the model sees and (``view``) what the client was shown;
+- the active response and its explicit phase (:mod:`parley.realtime.responses`, where the legal
+  transitions are written down). The session, not the pipeline, decides when a response starts
+  and allocates its ids, so a ``response.cancel`` can never race the response's creation.
+
+Beta clients get the same session; their events are renamed on the way in and out.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, assert_never
 
-from parley.audio.formats import (
-    WireFormat,
-    b64decode_audio,
-    b64encode_audio,
-    decode_wire,
-    encode_wire,
-    parse_wire_format,
+from pydantic import ValidationError
+
+from parley.audio.formats import WireFormat, b64decode_audio, decode_wire
+from parley.config import Settings
+from parley.engines.base import ContentPart, Message
+from parley.errors import (
+    ClientError,
+    Code,
+    NotFoundError,
+    ParleyError,
+    ProtocolError,
+    as_parley_error,
+    error_event,
 )
-from parley.config import Settings, TurnDetectionSettings
-from parley.engines.base import ContentPart, ImagePart, Message, TextPart, ToolCall, ToolSpec
-from parley.errors import ClientError, ParleyError
 from parley.ids import new_id
-from parley.pipeline.conversation import ResponseOptions
 from parley.pipeline.events import (
     InputCommitted,
     PipelineEvent,
@@ -47,7 +58,9 @@ from parley.pipeline.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from parley.pipeline.history import History
+from parley.pipeline.history import History, Item
+from parley.pipeline.options import ResponseOptions
+from parley.realtime import config as cfg
 from parley.realtime import wire
 from parley.realtime.beta import server_event_to_beta
 from parley.realtime.commands import (
@@ -57,41 +70,17 @@ from parley.realtime.commands import (
     Command,
     CommitInput,
     Configure,
-    CreateResponse,
     PushAudio,
+    StartResponse,
     TranscribeItem,
     Truncate,
 )
-from parley.realtime.items import (
-    ItemRecord,
-    assistant_item,
-    function_call_item,
-    function_output_item,
-    response_object,
-    system_item,
-    usage_object,
-    user_item,
-)
+from parley.realtime.items import event, from_client, set_item_text, user_item
+from parley.realtime.responses import ActiveResponse, Phase, Trigger
 
-__all__ = [
-    "CancelResponse",
-    "ClearInput",
-    "ClearOutput",
-    "Command",
-    "CommitInput",
-    "Configure",
-    "CreateResponse",
-    "PromptResolver",
-    "PushAudio",
-    "RealtimeSession",
-    "TranscribeItem",
-    "Truncate",
-]
+__all__ = ["Output", "PromptResolver", "RealtimeSession"]
 
-# semantic_vad's eagerness as a silence window for the endpointer: how long to wait before
-# deciding the caller has finished (OpenAI: "low" waits longest, "high" answers soonest).
-EAGERNESS_SILENCE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}
-
+log = logging.getLogger("parley.realtime")
 
 # Resolves a stored prompt template: (id, version, variables) -> instructions.
 PromptResolver = Callable[[str, str | None, dict[str, Any]], str | tuple[ContentPart, ...]]
@@ -99,23 +88,18 @@ PromptResolver = Callable[[str, str | None, dict[str, Any]], str | tuple[Content
 
 @dataclass(slots=True)
 class Output:
+    """What one input caused: events for the client, commands for the pipeline, and responses
+    whose audio still queued for the client must be dropped (cancelled or interrupted)."""
+
     events: list[dict[str, Any]] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
 
-
-@dataclass(slots=True)
-class _ResponseState:
-    id: str
-    item_id: str
-    audio: bool
-    metadata: dict[str, str] | None
-    voice: str
-    output_format: dict[str, Any]
-    max_output_tokens: int | Literal["inf"]
-    message_open: bool = False
-    text: str = ""
-    output: list[dict[str, Any]] = field(default_factory=list)
-    audio_ms: float = 0.0
+    def extend(self, other: Output) -> Output:
+        self.events += other.events
+        self.commands += other.commands
+        self.stale += other.stale
+        return self
 
 
 class RealtimeSession:
@@ -131,489 +115,299 @@ class RealtimeSession:
         beta: bool = False,
         vision: bool = False,
         asr_model: str = "pocketsphinx",
+        voices: Collection[str] = (),
         prompts: PromptResolver | None = None,
         timeline: bool = False,
         rate_limits: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
-        self.settings = settings
+        self.defaults = cfg.SessionDefaults.from_settings(
+            settings, kind=kind, model=model, asr_model=asr_model, voices=voices
+        )
         self.history = history
         self.kind = kind
         self.beta = beta
         self.vision = vision
         self.id = new_id("sess")
         self.conversation_id = new_id("conv")
+        self.expires_at = cfg.new_expiry()
         self._prompts = prompts
         # parley's extension: a ``parley.turn.timeline`` event after each response.done.
         self.timeline = timeline
         self._rate_limits = rate_limits or list
-        td = settings.turn_detection
-        self.config: dict[str, Any] = {
-            "type": kind,
-            "id": self.id,
-            "object": "realtime.session"
-            if kind == "realtime"
-            else "realtime.transcription_session",
-            "model": model,
-            "output_modalities": ["audio"],
-            "instructions": settings.pipeline.instructions,
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "transcription": {"model": asr_model, "language": settings.asr.language},
-                    "noise_reduction": None,
-                    "turn_detection": {
-                        "type": "server_vad",
-                        "threshold": td.threshold,
-                        "prefix_padding_ms": td.prefix_padding_ms,
-                        "silence_duration_ms": td.silence_duration_ms,
-                        "create_response": td.create_response and kind == "realtime",
-                        "interrupt_response": td.interrupt_response,
-                        "idle_timeout_ms": None,
-                    },
-                },
-                "output": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "voice": settings.tts.voice or "alloy",
-                    "speed": settings.tts.speed,
-                },
-            },
-            "tools": [],
-            "tool_choice": "auto",
-            "max_output_tokens": "inf",
-            "truncation": "auto",
-            "prompt": None,
-            "tracing": None,
-            "expires_at": int(time.time()) + 3600,
-        }
-        if kind == "transcription":
-            for key in (
-                "output_modalities",
-                "instructions",
-                "tools",
-                "tool_choice",
-                "max_output_tokens",
-                "truncation",
-                "prompt",
-                "tracing",
-                "model",
-            ):
-                self.config.pop(key)
-            self.config["audio"].pop("output")
-        self._instructions: str | tuple[ContentPart, ...] = settings.pipeline.instructions
-        self._tools: tuple[ToolSpec, ...] = ()
-        self._items: dict[str, ItemRecord] = {}
-        self._responses: dict[str, _ResponseState] = {}
+        self.config = cfg.initial_config(self.defaults)
+        self._instructions: str | tuple[ContentPart, ...] = self.defaults.instructions
+        self._response: ActiveResponse | None = None
+        # A turn that ended while a response was still playing (interrupt_response off).
+        self._queued_turn: str | None = None
+        self._transcribing: set[str] = set()  # committed user items awaiting their transcript
+        self._claimed: set[str] = set()  # ...that a client's response.create already answers
         self._partials: dict[str, str] = {}
-        self._metadata: dict[str, dict[str, str]] = {}
+        self._audio_s: dict[str, float] = {}  # committed item -> seconds of audio
+        self._spoken_ms: dict[str, float] = {}  # assistant item -> milliseconds of its audio
         self._input_ms = 0.0
-        self._idle_deadline_ms: float | None = None
         self._buffer_ms = 0.0
+        self._idle_deadline_ms: float | None = None
 
-    # --- helpers -----------------------------------------------------------------------------
+    # --- views -------------------------------------------------------------------------------
 
-    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        return {"type": kind, "event_id": wire.new_event_id(), **fields}
+    @property
+    def phase(self) -> Phase:
+        return Phase.IDLE if self._response is None else self._response.phase
 
-    def encode(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        """The event as this client's protocol version names it (None: beta has no such event)."""
-        if not self.beta or event["type"].startswith("parley."):
-            return event
-        return server_event_to_beta(event)
+    @property
+    def session_object(self) -> dict[str, Any]:
+        return cfg.session_object(self.config, session_id=self.id, expires_at=self.expires_at)
 
     @property
     def input_format(self) -> WireFormat:
-        return _wire_format(self._audio("input")["format"])
+        return cfg.input_format(self.config)
 
     @property
     def output_format(self) -> WireFormat:
-        if self.kind == "transcription":
-            return _wire_format({"type": "audio/pcm", "rate": 24000})
-        return _wire_format(self._audio("output")["format"])
+        return cfg.output_format(self.config)
 
-    def _audio(self, side: str) -> dict[str, Any]:
-        audio: dict[str, Any] = self.config["audio"][side]
-        return audio
+    def encode(self, server_event: dict[str, Any]) -> dict[str, Any] | None:
+        """The event as this client's protocol version names it (None: beta has no such event)."""
+        if not self.beta or server_event["type"].startswith("parley."):
+            return server_event
+        return server_event_to_beta(server_event)
 
-    def _turn_detection(self) -> TurnDetectionSettings:
-        td = self._audio("input")["turn_detection"]
-        if td is None:
-            return TurnDetectionSettings(type="none", create_response=False)
-        silence = td.get("silence_duration_ms")
-        if td["type"] == "semantic_vad":
-            silence = EAGERNESS_SILENCE_MS[td.get("eagerness") or "auto"]
-        base = self.settings.turn_detection
-        return TurnDetectionSettings(
-            type="server_vad",
-            threshold=td.get("threshold") if td.get("threshold") is not None else base.threshold,
-            prefix_padding_ms=td.get("prefix_padding_ms")
-            if td.get("prefix_padding_ms") is not None
-            else base.prefix_padding_ms,
-            silence_duration_ms=silence if silence is not None else base.silence_duration_ms,
-            create_response=bool(td.get("create_response", True)) and self.kind == "realtime",
-            interrupt_response=bool(td.get("interrupt_response", True)),
-        )
-
-    def _defaults(self) -> ResponseOptions:
-        if self.kind == "transcription":
-            return ResponseOptions(audio=False)
-        out = self._audio("output")
-        limit = self.config["max_output_tokens"]
-        return ResponseOptions(
-            audio=self.config["output_modalities"] == ["audio"],
-            tools=self._tools,
-            tool_choice=_tool_choice(self.config["tool_choice"]),
-            max_output_tokens=None if limit == "inf" else int(limit),
-            voice=_voice_name(out["voice"]),
-            speed=float(out.get("speed") or 1.0),
-        )
+    def error(self, exc: ParleyError, event_id: str | None = None) -> dict[str, Any]:
+        return error_event(exc, event_id)
 
     def configure(self) -> Configure:
         """The command that brings the pipeline in line with the session's configuration."""
         return Configure(
             input_rate=self.input_format.sample_rate,
             output_rate=self.output_format.sample_rate,
-            turn_detection=self._turn_detection(),
-            defaults=self._defaults(),
+            turn_detection=cfg.turn_detection(self.config, self.defaults),
+            defaults=cfg.response_options(self.config),
             instructions=self._instructions,
         )
 
-    # --- lifecycle -----------------------------------------------------------------------------
-
     def open(self) -> Output:
         """``session.created`` and the initial configuration."""
-        return Output([self._event("session.created", session=self.config)], [self.configure()])
+        return Output([event("session.created", session=self.session_object)], [self.configure()])
 
-    # --- client events -------------------------------------------------------------------------
+    # --- client events -----------------------------------------------------------------------
 
     def receive(self, raw: str | bytes) -> Output:
-        """One client message in; the server events and pipeline commands it causes out."""
+        """One client message in; the server events and pipeline commands it causes out.
+
+        Whatever the message, the session goes on: a fault of the client's is an ``error``
+        event naming the parameter, and so is (as a ``server_error``) a bug of parley's.
+        """
         event_id: str | None = None
         try:
-            event = wire.parse_client_event(raw, beta=self.beta)
-            event_id = event.event_id
-            return self._dispatch(event)
-        except ParleyError as exc:
-            return Output([self.error(exc, getattr(exc, "event_id", None) or event_id)])
+            client_event = wire.parse_client_event(raw, beta=self.beta)
+            event_id = client_event.event_id
+            return self._dispatch(client_event)
+        except Exception as exc:  # the session must survive any one message
+            error = as_parley_error(exc)
+            if not isinstance(exc, ParleyError | ValidationError):
+                log.exception("session %s: %s failed", self.id, _kind_of(raw))
+            return Output([self.error(error, error.event_id or event_id)])
 
-    def error(self, exc: ParleyError, event_id: str | None = None) -> dict[str, Any]:
-        return wire.error_event(exc, event_id)
-
-    def _dispatch(self, event: wire.ClientEvent) -> Output:
-        match event:
+    def _dispatch(self, ev: wire.ClientEvent) -> Output:
+        match ev:
             case wire.SessionUpdateEvent():
-                return self._session_update(event)
+                return self._session_update(ev)
             case wire.InputAudioBufferAppendEvent():
-                return self._append(event)
+                return self._append(ev)
             case wire.InputAudioBufferCommitEvent():
-                return Output(commands=[CommitInput(event.event_id)])
+                return Output(commands=[CommitInput(ev.event_id)])
             case wire.InputAudioBufferClearEvent():
-                return Output(commands=[ClearInput(event.event_id)])
+                return Output(commands=[ClearInput(ev.event_id)])
             case wire.ConversationItemCreateEvent():
-                return self._item_create(event)
+                return self._item_create(ev)
             case wire.ConversationItemRetrieveEvent():
-                record = self._record(event.item_id, event.event_id)
-                return Output([self._event("conversation.item.retrieved", item=record.wire)])
+                item = self._shown(ev.item_id, ev.event_id)
+                return Output([event("conversation.item.retrieved", item=item.view)])
             case wire.ConversationItemTruncateEvent():
-                record = self._record(event.item_id, event.event_id)
-                if record.wire.get("role") != "assistant":
-                    raise wire.ProtocolError(
-                        "only assistant messages can be truncated",
-                        param="item_id",
-                        code="invalid_value",
-                        event_id=event.event_id,
-                    )
-                audio_ms = record.extra.get("audio_ms")
-                if audio_ms is not None and event.audio_end_ms > audio_ms + 1:
-                    raise wire.ProtocolError(
-                        f"audio_end_ms ({event.audio_end_ms}) is beyond the item's audio "
-                        f"({int(audio_ms)} ms)",
-                        param="audio_end_ms",
-                        code="invalid_value",
-                        event_id=event.event_id,
-                    )
-                return Output(
-                    commands=[Truncate(event.item_id, event.audio_end_ms, event.event_id)]
-                )
+                return self._truncate(ev)
             case wire.ConversationItemDeleteEvent():
-                self._record(event.item_id, event.event_id)
-                self.history.delete(event.item_id)
-                del self._items[event.item_id]
-                return Output([self._event("conversation.item.deleted", item_id=event.item_id)])
+                self._shown(ev.item_id, ev.event_id)
+                self.history.delete(ev.item_id)
+                self._spoken_ms.pop(ev.item_id, None)
+                return Output([event("conversation.item.deleted", item_id=ev.item_id)])
             case wire.ResponseCreateEvent():
-                return self._response_create(event)
+                return self._response_create(ev)
             case wire.ResponseCancelEvent():
-                return Output(commands=[CancelResponse(event.event_id)])
+                return self._response_cancel(ev)
             case wire.OutputAudioBufferClearEvent():
-                return Output(commands=[ClearOutput(event.event_id)])
+                return Output(commands=[ClearOutput(ev.event_id)])
             case _:
-                assert_never(event)
+                assert_never(ev)
 
-    def _record(self, item_id: str, event_id: str | None) -> ItemRecord:
-        record = self._items.get(item_id)
-        # A committed user item is known before its transcript puts it in the history.
-        if record is None:
-            raise wire.ProtocolError(
+    def _shown(self, item_id: str, event_id: str | None) -> Item:
+        """An item the client has been shown, or ``item_not_found``."""
+        item = self.history.get(item_id)
+        if item is None or item.view is None:
+            raise NotFoundError(
                 f"Item with item_id not found: {item_id}",
                 param="item_id",
-                code="item_not_found",
+                code=Code.ITEM_NOT_FOUND,
                 event_id=event_id,
             )
-        return record
+        return item
 
-    def _session_update(self, event: wire.SessionUpdateEvent) -> Output:
-        update = event.session.model_dump(exclude_unset=True, mode="json")
-        kind = update.pop("type", None)
-        if kind is not None and kind != self.kind:
-            raise wire.ProtocolError(
-                f"a {self.kind} session cannot become a {kind} session",
-                param="session.type",
-                code="invalid_value",
-                event_id=event.event_id,
-            )
-        prompt = update.pop("prompt", None) if "prompt" in update else ...
-        for key in ("include", "tracing"):
-            update.pop(key, None)
-        if self.kind == "transcription":
-            for key in (
-                "output_modalities",
-                "instructions",
-                "tools",
-                "tool_choice",
-                "max_output_tokens",
-                "truncation",
-                "model",
-            ):
-                if key in update:
-                    raise wire.ProtocolError(
-                        f"{key} is not a setting of a transcription session",
-                        param=f"session.{key}",
-                        code="invalid_value",
-                        event_id=event.event_id,
-                    )
-        new = _merge(self.config, update)
-        td = new["audio"]["input"].get("turn_detection")
-        if td is not None and td.get("type") == "server_vad":
-            for key, value in (
-                ("threshold", self.settings.turn_detection.threshold),
-                ("prefix_padding_ms", self.settings.turn_detection.prefix_padding_ms),
-                ("silence_duration_ms", self.settings.turn_detection.silence_duration_ms),
-                ("create_response", True),
-                ("interrupt_response", True),
-                ("idle_timeout_ms", None),
-            ):
-                td.setdefault(key, value)
-            for key in ("eagerness",):
-                td.pop(key, None)
-        instructions: str | tuple[ContentPart, ...] = new.get("instructions", "")
-        if prompt is not ... and prompt is not None:
-            instructions = self._resolve_prompt(prompt, event.event_id)
-            if isinstance(instructions, str) and "instructions" not in update:
-                new["instructions"] = instructions
-        if prompt is not ...:
-            new["prompt"] = prompt
-        tools = tuple(
-            ToolSpec(t["name"], t.get("description") or "", t.get("parameters") or {})
-            for t in new.get("tools", [])
-        )
+    def _session_update(self, ev: wire.SessionUpdateEvent) -> Output:
+        update = ev.session
+        new = cfg.updated_config(self.config, update, self.defaults, ev.event_id)
+        sent = update.model_fields_set
+        instructions = self._instructions
+        if "prompt" in sent and update.prompt is not None:
+            instructions = self._resolve_prompt(update.prompt, ev.event_id)
+            if isinstance(instructions, str) and "instructions" not in sent:
+                new = new.model_copy(update={"instructions": instructions})
+        elif "instructions" in sent or "prompt" in sent:
+            instructions = new.instructions or ""
         self.config = new
-        self._tools = tools
-        if self.kind == "realtime":
-            self._instructions = (
-                instructions if prompt is not ... and prompt else new["instructions"]
-            )
-        return Output([self._event("session.updated", session=self.config)], [self.configure()])
+        self._instructions = instructions
+        return Output([event("session.updated", session=self.session_object)], [self.configure()])
 
     def _resolve_prompt(
-        self, prompt: dict[str, Any], event_id: str | None
+        self, prompt: wire.PromptConfig, event_id: str | None
     ) -> str | tuple[ContentPart, ...]:
         if self._prompts is None:
-            raise wire.ProtocolError(
+            raise ProtocolError(
                 "this server has no prompt templates",
                 param="prompt.id",
-                code="invalid_prompt",
+                code=Code.INVALID_PROMPT,
                 event_id=event_id,
             )
+        variables = prompt.model_dump(mode="json")["variables"] or {}
         try:
-            return self._prompts(prompt["id"], prompt.get("version"), prompt.get("variables") or {})
+            return self._prompts(prompt.id, prompt.version, variables)
         except ParleyError as exc:
-            raise wire.ProtocolError(
+            raise ProtocolError(
                 exc.message, param=exc.param or "prompt", code=exc.code, event_id=event_id
             ) from exc
 
-    def _append(self, event: wire.InputAudioBufferAppendEvent) -> Output:
-        data = b64decode_audio(event.audio)
+    def _append(self, ev: wire.InputAudioBufferAppendEvent) -> Output:
+        data = b64decode_audio(ev.audio)
         try:
             frame = decode_wire(data, self.input_format)
         except ClientError as exc:
-            raise wire.ProtocolError(
-                exc.message, param="audio", code=exc.code, event_id=event.event_id
+            raise ProtocolError(
+                exc.message, param="audio", code=exc.code, event_id=ev.event_id
             ) from exc
         self._input_ms += frame.duration_ms
         self._buffer_ms += frame.duration_ms
         out = Output(commands=[PushAudio(frame)])
-        if self._idle_deadline_ms is not None and self._input_ms >= self._idle_deadline_ms:
-            out.events.append(self._idle_timeout())
-            out.commands.append(CreateResponse(self._defaults(), None))
+        deadline = self._idle_deadline_ms
+        if deadline is not None and self._input_ms >= deadline and self.phase is Phase.IDLE:
+            out.extend(self._idle_timeout())
         return out
 
-    def _idle_timeout(self) -> dict[str, Any]:
+    def _idle_timeout(self) -> Output:
         """The caller stayed silent past ``idle_timeout_ms``: an empty user turn, then a reply."""
         self._idle_deadline_ms = None
         item = self.history.add(Message("user", ""))
-        self._items[item.id] = ItemRecord(item.id, user_item(item.id, []))
+        item.view = user_item(item.id, [])
         end = int(self._input_ms)
-        start = int(end - self._buffer_ms)
-        return self._event(
+        timeout = event(
             "input_audio_buffer.timeout_triggered",
             item_id=item.id,
-            audio_start_ms=max(start, 0),
+            audio_start_ms=max(int(end - self._buffer_ms), 0),
             audio_end_ms=end,
         )
+        return Output([timeout]).extend(self._create(cfg.response_options(self.config)))
 
-    def _item_create(self, event: wire.ConversationItemCreateEvent) -> Output:
-        item = event.item
-        item_id = item.id or new_id("item")
-        if item_id in self._items:
-            raise wire.ProtocolError(
+    def _item_create(self, ev: wire.ConversationItemCreateEvent) -> Output:
+        item_id = ev.item.id or new_id("item")
+        if self.history.get(item_id) is not None:
+            raise ProtocolError(
                 f"an item with id {item_id} already exists",
                 param="item.id",
-                code="invalid_value",
-                event_id=event.event_id,
+                code=Code.INVALID_VALUE,
+                event_id=ev.event_id,
             )
-        after = event.previous_item_id
-        if after is not None and after != "root" and self.history.get(after) is None:
-            raise wire.ProtocolError(
-                f"previous item not found: {after}",
-                param="previous_item_id",
-                code="item_not_found",
-                event_id=event.event_id,
-            )
-        commands: list[Command] = []
-        match item:
-            case wire.SystemMessageItem():
-                text = " ".join(p.text for p in item.content)
-                message = Message("system", text)
-                wire_item = system_item(item_id, text)
-            case wire.UserMessageItem():
-                parts: list[ContentPart] = []
-                content: list[dict[str, Any]] = []
-                for i, part in enumerate(item.content):
-                    match part:
-                        case wire.InputTextPart():
-                            parts.append(TextPart(part.text))
-                            content.append({"type": "input_text", "text": part.text})
-                        case wire.InputImagePart():
-                            if not self.vision:
-                                raise wire.ProtocolError(
-                                    "the configured language model cannot see images "
-                                    "(it does not declare vision); send text instead",
-                                    param=f"item.content[{i}]",
-                                    code="image_input_not_supported",
-                                    event_id=event.event_id,
-                                )
-                            if not part.image_url:
-                                raise wire.ProtocolError(
-                                    "input_image needs an image_url",
-                                    param=f"item.content[{i}].image_url",
-                                    code="missing_required_parameter",
-                                    event_id=event.event_id,
-                                )
-                            parts.append(ImagePart(part.image_url, part.detail or "auto"))
-                            content.append(
-                                {
-                                    "type": "input_image",
-                                    "image_url": part.image_url,
-                                    "detail": part.detail or "auto",
-                                }
-                            )
-                        case wire.InputAudioPart():
-                            if part.transcript is not None:
-                                parts.append(TextPart(part.transcript))
-                            elif part.audio:
-                                data = b64decode_audio(part.audio, param=f"item.content[{i}].audio")
-                                commands.append(
-                                    TranscribeItem(
-                                        item_id,
-                                        decode_wire(data, self.input_format),
-                                        event.event_id,
-                                    )
-                                )
-                            content.append({"type": "input_audio", "transcript": part.transcript})
-                message = Message(
-                    "user",
-                    tuple(parts)
-                    if any(isinstance(p, ImagePart) for p in parts)
-                    else " ".join(p.text for p in parts if isinstance(p, TextPart)),
-                )
-                wire_item = user_item(item_id, content)
-            case wire.AssistantMessageItem():
-                text = " ".join(
-                    (p.text if isinstance(p, wire.OutputTextPart) else p.transcript or "")
-                    for p in item.content
-                )
-                message = Message("assistant", text)
-                audio = any(isinstance(p, wire.OutputAudioPart) for p in item.content)
-                wire_item = assistant_item(item_id, "completed", audio=audio, text=text)
-            case wire.FunctionCallItem():
-                call_id = item.call_id or new_id("call")
-                message = Message(
-                    "assistant", tool_calls=(ToolCall(call_id, item.name, item.arguments),)
-                )
-                wire_item = function_call_item(
-                    item_id, "completed", call_id=call_id, name=item.name, arguments=item.arguments
-                )
-            case wire.FunctionCallOutputItem():
-                message = Message("tool", item.output, tool_call_id=item.call_id)
-                wire_item = function_output_item(item_id, call_id=item.call_id, output=item.output)
-            case _:
-                assert_never(item)
-        previous = self._previous(after)
-        if after == "root":
-            self.history.add(message, item_id=item_id)
-            self.history.move_to_front(item_id)
-            previous = None
-        else:
-            self.history.add(message, item_id=item_id, after=after)
-        self._items[item_id] = ItemRecord(item_id, wire_item)
-        events = [
-            self._event("conversation.item.added", previous_item_id=previous, item=wire_item),
-            self._event("conversation.item.done", previous_item_id=previous, item=wire_item),
-        ]
-        return Output(events, commands)
-
-    def _previous(self, after: str | None) -> str | None:
+        after = ev.previous_item_id
         if after is not None and after != "root":
-            return after
-        items = self.history.items
-        return items[-1].id if items else None
+            self._shown(after, ev.event_id)  # it must exist
+        message, view, audio = from_client(
+            ev.item,
+            item_id,
+            vision=self.vision,
+            input_format=self.input_format,
+            event_id=ev.event_id,
+        )
+        item = self.history.add(message, item_id=item_id, after=None if after == "root" else after)
+        if after == "root":
+            self.history.move_to_front(item_id)
+        item.view = view
+        previous = self.history.previous_shown(item_id)
+        commands: list[Command] = []
+        if audio is not None:
+            # Recognised in the background: a response.create meanwhile waits for it.
+            commands.append(TranscribeItem(item_id, audio, ev.event_id))
+            self._transcribing.add(item_id)
+            self._claimed.add(item_id)
+        return Output(
+            [
+                event("conversation.item.added", previous_item_id=previous, item=view),
+                event("conversation.item.done", previous_item_id=previous, item=view),
+            ],
+            commands,
+        )
 
-    def _previous_of(self, item_id: str) -> str | None:
-        """The item before ``item_id`` in the conversation (the last one if it is not in yet)."""
-        ids = [i.id for i in self.history.items]
-        if item_id not in ids:
-            return ids[-1] if ids else None
-        index = ids.index(item_id)
-        return ids[index - 1] if index > 0 else None
-
-    def _response_create(self, event: wire.ResponseCreateEvent) -> Output:
-        if self.kind == "transcription":
-            raise wire.ProtocolError(
-                "a transcription session does not create responses",
-                code="invalid_request_error",
-                event_id=event.event_id,
+    def _truncate(self, ev: wire.ConversationItemTruncateEvent) -> Output:
+        item = self._shown(ev.item_id, ev.event_id)
+        assert item.view is not None
+        if item.view.get("role") != "assistant":
+            raise ProtocolError(
+                "only assistant messages can be truncated",
+                param="item_id",
+                code=Code.INVALID_VALUE,
+                event_id=ev.event_id,
             )
-        params = event.response
-        options = self._defaults()
+        audio_ms = self._spoken_ms.get(ev.item_id)
+        if audio_ms is not None and ev.audio_end_ms > audio_ms + 1:
+            raise ProtocolError(
+                f"audio_end_ms ({ev.audio_end_ms}) is beyond the item's audio ({int(audio_ms)} ms)",
+                param="audio_end_ms",
+                code=Code.INVALID_VALUE,
+                event_id=ev.event_id,
+            )
+        return Output(commands=[Truncate(ev.item_id, ev.audio_end_ms, ev.event_id)])
+
+    # --- responses: create and cancel ---------------------------------------------------------
+
+    def _response_create(self, ev: wire.ResponseCreateEvent) -> Output:
+        if self.kind == "transcription":
+            raise ProtocolError(
+                "a transcription session does not create responses",
+                code=Code.UNSUPPORTED_SESSION_TYPE,
+                event_id=ev.event_id,
+            )
+        if self._response is not None:
+            raise ClientError(
+                f"Conversation already has an active response in progress: "
+                f"{self._response.id}. Wait until the response is finished before creating "
+                f"a new one.",
+                code=Code.CONVERSATION_ALREADY_HAS_ACTIVE_RESPONSE,
+                event_id=ev.event_id,
+            )
+        options, metadata = self._response_params(ev)
+        self._claimed |= self._transcribing
+        return self._create(options, metadata=metadata, event_id=ev.event_id)
+
+    def _response_params(
+        self, ev: wire.ResponseCreateEvent
+    ) -> tuple[ResponseOptions, dict[str, str] | None]:
+        options = cfg.response_options(self.config)
+        params = ev.response
         if params is None:
-            return Output(commands=[CreateResponse(options, event.event_id)])
+            return options, None
         if params.conversation == "none" or params.input is not None:
-            raise wire.ProtocolError(
+            raise ProtocolError(
                 "out-of-band responses (conversation: none, input) are not supported yet",
                 param="response.conversation"
                 if params.conversation == "none"
                 else "response.input",
-                code="unsupported_parameter",
-                event_id=event.event_id,
+                code=Code.UNSUPPORTED_PARAMETER,
+                event_id=ev.event_id,
             )
         changes: dict[str, Any] = {}
         if params.output_modalities is not None:
@@ -621,41 +415,149 @@ class RealtimeSession:
         if params.instructions is not None:
             changes["instructions"] = params.instructions
         if params.prompt is not None:
-            changes["instructions"] = self._resolve_prompt(
-                params.prompt.model_dump(mode="json"), event.event_id
-            )
+            changes["instructions"] = self._resolve_prompt(params.prompt, ev.event_id)
         if params.tools is not None:
-            changes["tools"] = tuple(
-                ToolSpec(t.name, t.description or "", t.parameters or {}) for t in params.tools
-            )
+            changes["tools"] = cfg.tools_of(params.tools)
         if params.tool_choice is not None:
-            changes["tool_choice"] = _tool_choice(params.model_dump(mode="json")["tool_choice"])
+            changes["tool_choice"] = cfg.tool_choice_name(params.tool_choice)
         if params.max_output_tokens is not None:
-            changes["max_output_tokens"] = (
-                None if params.max_output_tokens == "inf" else int(params.max_output_tokens)
-            )
-        if params.audio is not None and params.audio.output is not None:
-            voice = params.audio.output.voice
-            if voice is not None:
-                changes["voice"] = _voice_name(voice if isinstance(voice, str) else voice.id)
-        options = replace(options, **changes)
-        return Output(commands=[CreateResponse(options, event.event_id, params.metadata)])
+            limit = params.max_output_tokens
+            changes["max_output_tokens"] = None if limit == "inf" else int(limit)
+        voice = params.audio.output.voice if params.audio and params.audio.output else None
+        if voice is not None:
+            cfg.check_voice(voice, self.defaults, "response.audio.output.voice", ev.event_id)
+            changes["voice"] = cfg.voice_name(voice)
+        return replace(options, **changes), params.metadata
 
-    # --- results of commands -------------------------------------------------------------------
+    def _create(
+        self,
+        options: ResponseOptions,
+        *,
+        metadata: dict[str, str] | None = None,
+        turn_id: str | None = None,
+        event_id: str | None = None,
+    ) -> Output:
+        """IDLE -> TRANSCRIBING or GENERATING: ``response.created``, and the pipeline starts it
+        once no committed turn is still being transcribed."""
+        out_cfg = (self.config.audio.output if self.config.audio else None) or (
+            wire.AudioOutputConfig()
+        )
+        limit = self.config.max_output_tokens
+        resp = ActiveResponse(
+            id=new_id("resp"),
+            item_id=new_id("item"),
+            options=options,
+            conversation_id=self.conversation_id,
+            voice=options.voice or cfg.voice_name(out_cfg.voice),
+            output_format=self.output_format,
+            format_object=cfg.output_format_object(self.config),
+            max_output_tokens="inf" if limit is None else limit,
+            metadata=metadata,
+            turn_id=turn_id,
+        )
+        self._response = resp
+        self._idle_deadline_ms = None
+        out = Output([resp.created(event)])
+        if self._transcribing:
+            resp.waiting = set(self._transcribing)
+            resp.move(Trigger.CREATE_WAITING)
+            return out
+        resp.move(Trigger.CREATE)
+        out.commands.append(StartResponse(resp.id, resp.item_id, options, turn_id, event_id))
+        return out
+
+    def _response_cancel(self, ev: wire.ResponseCancelEvent) -> Output:
+        resp = self._response
+        wanted = ev.response_id
+        if resp is not None and wanted is not None and wanted != resp.id:
+            raise NotFoundError(
+                f"response {wanted} is not in progress (the active response is {resp.id}); "
+                "nothing was cancelled",
+                param="response_id",
+                code=Code.RESPONSE_CANCEL_NOT_ACTIVE,
+                event_id=ev.event_id,
+            )
+        if resp is None:
+            raise ClientError(
+                "Cancellation failed: no active response found",
+                param="response_id" if wanted else None,
+                code=Code.RESPONSE_CANCEL_NOT_ACTIVE,
+                event_id=ev.event_id,
+            )
+        return self._cancel(resp, "client_cancelled", ev.event_id)
+
+    def _cancel(self, resp: ActiveResponse, reason: str, event_id: str | None = None) -> Output:
+        match resp.phase:
+            case Phase.TRANSCRIBING:
+                resp.move(Trigger.CANCEL)
+                return self._finish(resp, "cancelled", reason=reason)
+            case Phase.GENERATING:
+                resp.move(Trigger.CANCEL)
+                return Output(commands=[CancelResponse(resp.id, reason, event_id)], stale=[resp.id])
+            case Phase.CANCELLING | Phase.IDLE:
+                return Output()  # already on its way out
+            case _:
+                assert_never(resp.phase)
+
+    def _finish(
+        self,
+        resp: ActiveResponse,
+        status: Literal["completed", "cancelled", "incomplete", "failed"],
+        *,
+        reason: str | None = None,
+        done: ResponseDone | None = None,
+        error: ParleyError | None = None,
+    ) -> Output:
+        """The response's closing events; the session is IDLE after (the phase must be too)."""
+        assert resp.phase is Phase.IDLE
+        self._response = None
+        out = Output(stale=[resp.id] if status == "cancelled" else [])
+        previous = self.history.previous_shown(resp.item_id)
+        closing, item = resp.close_message(event, status, previous)
+        out.events += closing
+        shown = self.history.get(resp.item_id)
+        if item is not None and shown is not None:
+            shown.view = item
+            self._spoken_ms[resp.item_id] = resp.audio_ms
+        usage = done.usage if done is not None else None
+        out.events.append(resp.done(event, status, reason=reason, usage=usage, error=error))
+        out.events.append(event("rate_limits.updated", rate_limits=self._rate_limits()))
+        if self.timeline and done is not None:
+            out.events.append(
+                event(
+                    "parley.turn.timeline",
+                    response_id=resp.id,
+                    item_id=resp.item_id,
+                    status=status,
+                    audio_ms=round(resp.audio_ms, 1),
+                    **done.timeline.to_dict(),
+                    _first_audio_out_ns=done.timeline.marks.get("first_audio_out"),
+                )
+            )
+        idle = cfg.idle_timeout_ms(self.config)
+        if status == "completed" and idle and done is not None:
+            self._idle_deadline_ms = self._input_ms + done.audio_ms + idle
+            self._buffer_ms = 0.0
+        if self._queued_turn is not None:
+            turn, self._queued_turn = self._queued_turn, None
+            out.extend(self._create(cfg.response_options(self.config), turn_id=turn))
+        return out
+
+    # --- outcomes of commands -----------------------------------------------------------------
 
     def command_done(self, command: Command, result: object = None) -> Output:
         """What the client hears once the pipeline carried out ``command``."""
         match command:
             case ClearInput():
                 self._buffer_ms = 0.0
-                return Output([self._event("input_audio_buffer.cleared")])
+                return Output([event("input_audio_buffer.cleared")])
             case Truncate(item_id=item_id, audio_end_ms=ms):
-                record = self._items.get(item_id)
-                if record is not None and isinstance(result, str):
-                    _set_text(record, result)
+                item = self.history.get(item_id)
+                if item is not None and item.view is not None and isinstance(result, str):
+                    set_item_text(item.view, result)
                 return Output(
                     [
-                        self._event(
+                        event(
                             "conversation.item.truncated",
                             item_id=item_id,
                             content_index=0,
@@ -664,409 +566,259 @@ class RealtimeSession:
                     ]
                 )
             case TranscribeItem(item_id=item_id):
-                record = self._items.get(item_id)
-                if record is not None and isinstance(result, str):
-                    for part in record.wire["content"]:
-                        if part["type"] == "input_audio" and part["transcript"] is None:
-                            part["transcript"] = result
-                    if self.history.get(item_id) is not None:
-                        self.history.replace_text(item_id, result)
+                text = result.strip() if isinstance(result, str) else ""
+                if self.history.get(item_id) is not None:
+                    self.history.replace_text(item_id, text)
+                return self._transcribed(None, item_id, text, None, announce=False)
+            case CancelResponse(response_id=rid) if result is False:
+                # Nothing was running under that id: the pipeline will send no ResponseDone.
+                resp = self._response
+                if resp is not None and resp.id == rid and resp.phase is Phase.CANCELLING:
+                    resp.move(Trigger.FAIL)
+                    return self._finish(resp, "cancelled", reason=command.reason)
                 return Output()
-            case CancelResponse() if result is None:
-                raise wire.ProtocolError(
-                    "there is no response in progress to cancel",
-                    code="response_cancel_not_active",
-                    event_id=command.event_id,
-                )
-            case (
-                PushAudio()
-                | CommitInput()
-                | Configure()
-                | CreateResponse()
-                | CancelResponse()
-                | ClearOutput()
-            ):
+            case PushAudio() | CommitInput() | Configure() | StartResponse() | CancelResponse():
+                return Output()
+            case ClearOutput():
                 return Output()
             case _:
                 assert_never(command)
 
     def command_failed(self, command: Command, exc: ParleyError) -> Output:
-        return Output([self.error(exc, getattr(command, "event_id", None))])
+        if isinstance(command, TranscribeItem):
+            return self._transcribed(None, command.item_id, None, exc, announce=False)
+        out = Output([self.error(exc, getattr(command, "event_id", None))])
+        resp = self._response
+        rid = getattr(command, "response_id", None)
+        if (
+            isinstance(command, StartResponse | CancelResponse)
+            and resp is not None
+            and resp.id == rid
+            and resp.phase in (Phase.GENERATING, Phase.CANCELLING)
+        ):
+            resp.move(Trigger.FAIL)
+            status: Literal["failed", "cancelled"] = (
+                "cancelled" if isinstance(command, CancelResponse) else "failed"
+            )
+            out.extend(self._finish(resp, status, error=exc))
+        return out
 
-    # --- pipeline events -----------------------------------------------------------------------
+    # --- pipeline events ----------------------------------------------------------------------
 
-    def pipeline_event(self, event: PipelineEvent) -> Output:
+    def pipeline_event(self, ev: PipelineEvent) -> Output:
         """A pipeline event in; the server events it means out."""
-        match event:
+        match ev:
             case SpeechStarted(item_id=item_id, audio_start_ms=start):
                 self._idle_deadline_ms = None
-                return self._out(
-                    "input_audio_buffer.speech_started", item_id=item_id, audio_start_ms=int(start)
-                )
-            case SpeechStopped(item_id=item_id, audio_end_ms=end):
-                return self._out(
-                    "input_audio_buffer.speech_stopped", item_id=item_id, audio_end_ms=int(end)
-                )
-            case InputCommitted(item_id=item_id, audio_ms=audio_ms):
-                self._buffer_ms = 0.0
-                previous = self._previous_of(item_id)
-                wire_item = user_item(item_id, [{"type": "input_audio", "transcript": None}])
-                self._items[item_id] = ItemRecord(
-                    item_id, wire_item, extra={"audio_s": audio_ms / 1000}
-                )
-                return Output(
+                out = Output(
                     [
-                        self._event(
-                            "input_audio_buffer.committed",
+                        event(
+                            "input_audio_buffer.speech_started",
                             item_id=item_id,
-                            previous_item_id=previous,
-                        ),
-                        self._event(
-                            "conversation.item.added", item=wire_item, previous_item_id=previous
-                        ),
+                            audio_start_ms=int(start),
+                        )
                     ]
                 )
+                td = cfg.turn_detection(self.config, self.defaults)
+                resp = self._response
+                if resp is not None and resp.phase is Phase.TRANSCRIBING and td.interrupt_response:
+                    out.extend(self._cancel(resp, "turn_detected"))
+                return out
+            case SpeechStopped(item_id=item_id, audio_end_ms=end):
+                return Output(
+                    [
+                        event(
+                            "input_audio_buffer.speech_stopped",
+                            item_id=item_id,
+                            audio_end_ms=int(end),
+                        )
+                    ]
+                )
+            case InputCommitted():
+                return self._committed(ev)
             case TranscriptPartial(item_id=item_id, text=text):
                 return self._transcript_delta(item_id, text)
-            case TranscriptFinal(item_id=item_id, text=text):
-                return self._transcript_final(item_id, text)
-            case StageError(stage="asr", turn_id=_, error=error):
-                return self._transcript_failed(error)
+            case TranscriptFinal():
+                return self._transcribed(ev.turn_id, ev.item_id, ev.text, None)
+            case StageError(stage="asr", item_id=item_id) if item_id is not None:
+                return self._transcribed(ev.turn_id, item_id, None, ev.error)
             case StageError(error=error):
                 return Output([self.error(error)])
             case ResponseStarted():
-                return self._response_started(event)
-            case ResponseTextDelta():
-                return self._response_text(event)
-            case ResponseAudio():
-                return self._response_audio(event)
+                return Output()  # response.created went out when the session created it
+            case ResponseTextDelta(response_id=rid, text=text):
+                resp = self._generating(rid)
+                if resp is None:
+                    return Output()
+                out = self._open_message(resp)
+                out.events.append(resp.text_delta(event, text))
+                return out
+            case ResponseAudio(response_id=rid, frame=frame):
+                resp = self._generating(rid)
+                if resp is None:
+                    return Output()
+                out = self._open_message(resp)
+                out.events.append(resp.audio_delta(event, frame))
+                return out
             case ResponseToolCall():
-                return self._response_tool_call(event)
+                return self._tool_call(ev)
             case ResponseDone():
-                return self._response_done(event)
-            case PlaybackInterrupted(item_id=item_id, heard_text=text):
-                record = self._items.get(item_id)
-                if record is not None:
-                    _set_text(record, text)
-                return Output()
+                resp = self._response
+                if resp is None or resp.id != ev.response_id or resp.phase is Phase.TRANSCRIBING:
+                    return Output()  # a response the client was already told has ended
+                resp.move(Trigger.DONE)
+                return self._finish(resp, ev.status, reason=ev.reason, done=ev, error=ev.error)
+            case PlaybackInterrupted(response_id=rid, item_id=item_id, heard_text=text):
+                item = self.history.get(item_id)
+                if item is not None and item.view is not None:
+                    set_item_text(item.view, text)
+                return Output(stale=[rid])
             case _:
-                assert_never(event)
+                assert_never(ev)
 
-    def _out(self, kind: str, **fields: Any) -> Output:
-        return Output([self._event(kind, **fields)])
+    def _generating(self, response_id: str) -> ActiveResponse | None:
+        """The active response if it is ``response_id`` and its output is still wanted."""
+        resp = self._response
+        if resp is None or resp.id != response_id or resp.phase is not Phase.GENERATING:
+            return None
+        return resp
 
-    def _transcription_on(self) -> bool:
-        return self._audio("input").get("transcription") is not None
+    def _open_message(self, resp: ActiveResponse) -> Output:
+        if resp.message_index is not None:
+            return Output()
+        item = self.history.get(resp.item_id)
+        if item is None:  # the pipeline adds it when it starts; a client may have deleted it
+            item = self.history.add(Message("assistant", ""), item_id=resp.item_id)
+        events = resp.open_message(event, self.history.previous_shown(resp.item_id))
+        item.view = resp.output[resp.message_index or 0]
+        return Output(list(events))
+
+    def _tool_call(self, ev: ResponseToolCall) -> Output:
+        resp = self._response
+        if resp is None or resp.id != ev.response_id or resp.phase is Phase.TRANSCRIBING:
+            return Output()
+        item = self.history.get(ev.item_id)
+        previous = self.history.previous_shown(ev.item_id)
+        events, done = resp.tool_call(
+            event, ev.item_id, ev.call_id, ev.name, ev.arguments, previous
+        )
+        if item is not None:
+            item.view = done
+        return Output(list(events))
+
+    def _committed(self, ev: InputCommitted) -> Output:
+        self._buffer_ms = 0.0
+        item = self.history.get(ev.item_id)
+        if item is None:  # the pipeline adds the item at commit; a test double may not
+            item = self.history.add(Message("user", ""), item_id=ev.item_id)
+        item.view = user_item(ev.item_id, [{"type": "input_audio", "transcript": None}])
+        self._transcribing.add(ev.item_id)
+        self._audio_s[ev.item_id] = ev.audio_ms / 1000
+        previous = self.history.previous_shown(ev.item_id)
+        return Output(
+            [
+                event(
+                    "input_audio_buffer.committed", item_id=ev.item_id, previous_item_id=previous
+                ),
+                event("conversation.item.added", item=item.view, previous_item_id=previous),
+            ]
+        )
 
     def _transcript_delta(self, item_id: str, text: str) -> Output:
         before = self._partials.get(item_id, "")
         self._partials[item_id] = text
-        if not self._transcription_on() or not text.startswith(before) or text == before:
+        if not cfg.transcription_on(self.config) or not text.startswith(before) or text == before:
             return Output()  # deltas only ever append; a revised hypothesis waits for the final
-        return self._out(
-            "conversation.item.input_audio_transcription.delta",
-            item_id=item_id,
-            content_index=0,
-            delta=text[len(before) :],
-        )
-
-    def _transcript_final(self, item_id: str, text: str) -> Output:
-        self._partials.pop(item_id, None)
-        record = self._items.get(item_id)
-        if record is None:
-            return Output()
-        record.wire["content"][0]["transcript"] = text
-        events = []
-        if self._transcription_on():
-            audio_s = record.extra.get("audio_s", 0.0)
-            events.append(
-                self._event(
-                    "conversation.item.input_audio_transcription.completed",
-                    item_id=item_id,
-                    content_index=0,
-                    transcript=text,
-                    usage={"type": "duration", "seconds": round(audio_s, 3)},
-                )
-            )
-        events.append(
-            self._event("conversation.item.done", item=record.wire, previous_item_id=None)
-        )
-        return Output(events)
-
-    def _transcript_failed(self, error: ParleyError) -> Output:
-        item_id = next(reversed(self._items), None)
-        if item_id is None or not self._transcription_on():
-            return Output([self.error(error)])
-        return self._out(
-            "conversation.item.input_audio_transcription.failed",
-            item_id=item_id,
-            content_index=0,
-            error={
-                "type": "server_error",
-                "code": error.code,
-                "message": error.message,
-                "param": error.param,
-            },
-        )
-
-    def _response_started(self, event: ResponseStarted) -> Output:
-        out_cfg = self._audio("output")
-        limit = self.config.get("max_output_tokens", "inf")
-        state = _ResponseState(
-            event.response_id,
-            event.item_id,
-            audio=event.audio,
-            metadata=self._metadata.pop(event.response_id, None),
-            voice=str(out_cfg["voice"]),
-            output_format=out_cfg["format"],
-            max_output_tokens=limit,
-        )
-        self._responses[event.response_id] = state
-        return self._out("response.created", response=self._response_obj(state, "in_progress"))
-
-    def _response_obj(self, state: _ResponseState, status: Any, **kw: Any) -> dict[str, Any]:
-        return response_object(
-            state.id,
-            status=status,
-            conversation_id=self.conversation_id,
-            modalities=["audio"] if state.audio else ["text"],
-            output=state.output,
-            voice=state.voice,
-            output_format=state.output_format,
-            max_output_tokens=state.max_output_tokens,
-            metadata=state.metadata,
-            **kw,
-        )
-
-    def response_requested(self, response_id: str, metadata: dict[str, str] | None) -> None:
-        """The runner started a response for ``response.create``: remember its metadata."""
-        if metadata:
-            self._metadata[response_id] = metadata
-
-    def _open_message(self, state: _ResponseState) -> list[dict[str, Any]]:
-        if state.message_open:
-            return []
-        state.message_open = True
-        item = assistant_item(state.item_id, "in_progress", audio=state.audio)
-        previous = self._previous_of(state.item_id)
-        self._items[state.item_id] = ItemRecord(state.item_id, item)
-        part = {"type": "audio", "transcript": ""} if state.audio else {"type": "text", "text": ""}
-        index = len(state.output)
-        state.output.append(item)
-        return [
-            self._event(
-                "response.output_item.added", response_id=state.id, output_index=index, item=item
-            ),
-            self._event("conversation.item.added", item=item, previous_item_id=previous),
-            self._event(
-                "response.content_part.added",
-                response_id=state.id,
-                item_id=state.item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
-            ),
-        ]
-
-    def _response_text(self, event: ResponseTextDelta) -> Output:
-        state = self._responses.get(event.response_id)
-        if state is None:
-            return Output()
-        events = self._open_message(state)
-        state.text += event.text
-        kind = (
-            "response.output_audio_transcript.delta"
-            if state.audio
-            else "response.output_text.delta"
-        )
-        events.append(
-            self._event(
-                kind,
-                response_id=state.id,
-                item_id=state.item_id,
-                output_index=0,
-                content_index=0,
-                delta=event.text,
-            )
-        )
-        return Output(events)
-
-    def _response_audio(self, event: ResponseAudio) -> Output:
-        state = self._responses.get(event.response_id)
-        if state is None:
-            return Output()
-        events = self._open_message(state)
-        state.audio_ms += event.frame.duration_ms
-        data = encode_wire(event.frame, self.output_format)
-        events.append(
-            self._event(
-                "response.output_audio.delta",
-                response_id=state.id,
-                item_id=state.item_id,
-                output_index=0,
-                content_index=0,
-                delta=b64encode_audio(data),
-            )
-        )
-        return Output(events)
-
-    def _response_tool_call(self, event: ResponseToolCall) -> Output:
-        state = self._responses.get(event.response_id)
-        if state is None:
-            return Output()
-        index = len(state.output)
-        pending = function_call_item(
-            event.item_id, "in_progress", call_id=event.call_id, name=event.name, arguments=""
-        )
-        done = function_call_item(
-            event.item_id,
-            "completed",
-            call_id=event.call_id,
-            name=event.name,
-            arguments=event.arguments,
-        )
-        state.output.append(done)
-        self._items[event.item_id] = ItemRecord(event.item_id, done)
-        previous = self._previous_of(event.item_id)
-        common = {
-            "response_id": state.id,
-            "item_id": event.item_id,
-            "output_index": index,
-            "call_id": event.call_id,
-        }
         return Output(
             [
-                self._event(
-                    "response.output_item.added",
-                    response_id=state.id,
-                    output_index=index,
-                    item=pending,
-                ),
-                self._event("conversation.item.added", item=pending, previous_item_id=previous),
-                self._event(
-                    "response.function_call_arguments.delta", delta=event.arguments, **common
-                ),
-                self._event(
-                    "response.function_call_arguments.done",
-                    arguments=event.arguments,
-                    name=event.name,
-                    **common,
-                ),
-                self._event(
-                    "response.output_item.done", response_id=state.id, output_index=index, item=done
-                ),
-                self._event("conversation.item.done", item=done, previous_item_id=previous),
+                event(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=item_id,
+                    content_index=0,
+                    delta=text[len(before) :],
+                )
             ]
         )
 
-    def _response_done(self, event: ResponseDone) -> Output:
-        state = self._responses.pop(event.response_id, None)
-        if state is None:
-            return Output()
-        events: list[dict[str, Any]] = []
-        status = event.status
-        if state.message_open:
-            item_status: Literal["completed", "incomplete"] = (
-                "completed" if status == "completed" else "incomplete"
-            )
-            text = state.text
-            item = assistant_item(state.item_id, item_status, audio=state.audio, text=text)
-            state.output[0] = item
-            self._items[state.item_id].wire = item
-            self._items[state.item_id].extra["audio_ms"] = state.audio_ms
-            common = {
-                "response_id": state.id,
-                "item_id": state.item_id,
-                "output_index": 0,
-                "content_index": 0,
-            }
-            if state.audio:
-                events.append(self._event("response.output_audio.done", **common))
-                events.append(
-                    self._event("response.output_audio_transcript.done", transcript=text, **common)
+    def _transcribed(
+        self,
+        turn_id: str | None,
+        item_id: str,
+        text: str | None,
+        error: ParleyError | None,
+        *,
+        announce: bool = True,
+    ) -> Output:
+        """A user item's transcript is in (``text``), or its recognition failed. A committed
+        turn's item is done now (``announce``); a client's audio item was done when created."""
+        self._partials.pop(item_id, None)
+        self._transcribing.discard(item_id)
+        claimed = item_id in self._claimed
+        self._claimed.discard(item_id)
+        audio_s = self._audio_s.pop(item_id, 0.0)
+        item = self.history.get(item_id)
+        out = Output()
+        transcription = cfg.transcription_on(self.config)
+        if error is not None:
+            if transcription:
+                body = {k: v for k, v in self.error(error)["error"].items() if k != "event_id"}
+                out.events.append(
+                    event(
+                        "conversation.item.input_audio_transcription.failed",
+                        item_id=item_id,
+                        content_index=0,
+                        error=body,
+                    )
                 )
-                part = {"type": "audio", "transcript": text}
             else:
-                events.append(self._event("response.output_text.done", text=text, **common))
-                part = {"type": "text", "text": text}
-            events.append(self._event("response.content_part.done", part=part, **common))
-            events.append(
-                self._event(
-                    "response.output_item.done", response_id=state.id, output_index=0, item=item
+                out.events.append(self.error(error))
+        elif item is not None and item.view is not None:
+            for part in item.view["content"]:
+                if part["type"] == "input_audio" and part["transcript"] is None:
+                    part["transcript"] = text
+            if transcription:
+                out.events.append(
+                    event(
+                        "conversation.item.input_audio_transcription.completed",
+                        item_id=item_id,
+                        content_index=0,
+                        transcript=text,
+                        usage={"type": "duration", "seconds": round(audio_s, 3)},
+                    )
                 )
-            )
-            events.append(self._event("conversation.item.done", item=item, previous_item_id=None))
-        error = None
-        if event.error is not None:
-            error = {
-                "type": "server_error",
-                "code": event.error.code,
-                "message": event.error.message,
-            }
-        audio_tokens = 0
-        usage = usage_object(event.usage, audio_out_tokens=audio_tokens)
-        events.append(
-            self._event(
-                "response.done",
-                response=self._response_obj(
-                    state, status, usage=usage, reason=event.reason, error=error
-                ),
-            )
-        )
-        events.append(self._event("rate_limits.updated", rate_limits=self._rate_limits()))
-        if self.timeline:
-            events.append(
-                self._event(
-                    "parley.turn.timeline",
-                    response_id=state.id,
-                    item_id=state.item_id,
-                    status=status,
-                    audio_ms=round(state.audio_ms, 1),
-                    **event.timeline.to_dict(),
-                    _first_audio_out_ns=event.timeline.marks.get("first_audio_out"),
+            if announce:
+                out.events.append(
+                    event(
+                        "conversation.item.done",
+                        item=item.view,
+                        previous_item_id=self.history.previous_shown(item_id),
+                    )
                 )
-            )
-        td = self._audio("input").get("turn_detection") or {}
-        idle = td.get("idle_timeout_ms")
-        if status == "completed" and idle:
-            self._idle_deadline_ms = self._input_ms + event.audio_ms + idle
-            self._buffer_ms = 0.0
-        return Output(events)
+        resp = self._response
+        if resp is not None and resp.phase is Phase.TRANSCRIBING and item_id in resp.waiting:
+            resp.waiting.discard(item_id)
+            if error is not None:
+                resp.move(Trigger.FAIL)
+                return out.extend(self._finish(resp, "failed", error=error))
+            if not resp.waiting:
+                resp.move(Trigger.TRANSCRIBED)
+                out.commands.append(
+                    StartResponse(resp.id, resp.item_id, resp.options, resp.turn_id)
+                )
+            return out
+        td = cfg.turn_detection(self.config, self.defaults)
+        if error is None and text and td.create_response and not claimed:
+            if resp is None:
+                out.extend(self._create(cfg.response_options(self.config), turn_id=turn_id))
+            elif resp.phase in (Phase.GENERATING, Phase.CANCELLING):
+                self._queued_turn = turn_id  # answered when the current response is done
+        return out
 
 
-def _set_text(record: ItemRecord, text: str) -> None:
-    for part in record.wire.get("content", []):
-        if part["type"] == "output_audio":
-            part["transcript"] = text
-        elif part["type"] == "output_text":
-            part["text"] = text
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Partial update: keys sent replace, nested objects merge, ``None`` clears."""
-    out = dict(base)
-    for key, value in update.items():
-        if (
-            isinstance(value, dict)
-            and isinstance(out.get(key), dict)
-            and key
-            not in ("format", "turn_detection", "transcription", "tool_choice", "noise_reduction")
-        ):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _wire_format(fmt: dict[str, Any]) -> WireFormat:
-    return parse_wire_format(fmt["type"], fmt.get("rate"), param="audio.format")
-
-
-def _tool_choice(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("name", "auto"))
-    return str(value)
-
-
-def _voice_name(value: Any) -> str:
-    return str(value["id"]) if isinstance(value, dict) else str(value)
+def _kind_of(raw: str | bytes) -> str:
+    """The ``type`` of a raw client message, for a log line (never the whole message)."""
+    try:
+        kind = json.loads(raw).get("type")
+    except (ValueError, AttributeError, RecursionError):
+        return "a message"
+    return str(kind)[:64] if kind is not None else "a message"

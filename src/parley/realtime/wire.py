@@ -92,6 +92,11 @@ __all__ = [
 
 # OpenAI closes nothing over this, it answers with an error; so does parley, before parsing.
 MAX_EVENT_BYTES = 15 * 1024 * 1024
+# Turn detection's ranges: the same bounds as parley's own settings (config.TurnDetectionSettings),
+# so that a value a client may send is one the pipeline accepts.
+MAX_PREFIX_PADDING_MS = 5000
+MAX_SILENCE_DURATION_MS = 10000
+MAX_IDLE_TIMEOUT_MS = 600_000
 
 
 # --------------------------------------------------------------------------- base
@@ -179,11 +184,11 @@ class ServerVad(_Wire):
 
     type: Literal["server_vad"]
     threshold: float | None = Field(None, ge=0.0, le=1.0)
-    prefix_padding_ms: int | None = Field(None, ge=0)
-    silence_duration_ms: int | None = Field(None, ge=0)
+    prefix_padding_ms: int | None = Field(None, ge=0, le=MAX_PREFIX_PADDING_MS)
+    silence_duration_ms: int | None = Field(None, ge=0, le=MAX_SILENCE_DURATION_MS)
     create_response: bool | None = None
     interrupt_response: bool | None = None
-    idle_timeout_ms: int | None = Field(None, ge=0)
+    idle_timeout_ms: int | None = Field(None, ge=0, le=MAX_IDLE_TIMEOUT_MS)
 
 
 class SemanticVad(_Wire):
@@ -702,5 +707,3 @@ def _protocol_error(exc: ValidationError, data: object, event_id: str | None) ->
         param=param,
         event_id=event_id,
     )
-
-

@@ -17,17 +17,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, assert_never
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from parley import __version__
-from parley.audio.resample import resample
 from parley.config import Settings
 from parley.engines.base import ContentPart, TextPart
 from parley.engines.batching import Scheduler
@@ -37,31 +36,16 @@ from parley.errors import (
     ClientError,
     Code,
     ConfigError,
-    EngineError,
     NotFoundError,
     ParleyError,
     ProtocolError,
     RateLimitError,
+    SessionClosedError,
 )
-from parley.logs import bind, log_context, turn_fields
+from parley.logs import bind
 from parley.pipeline import Pipeline
-from parley.pipeline.events import ResponseDone
 from parley.pipeline.history import History
-from parley.realtime.session import (
-    CancelResponse,
-    ClearInput,
-    ClearOutput,
-    Command,
-    CommitInput,
-    Configure,
-    CreateResponse,
-    Output,
-    PromptResolver,
-    PushAudio,
-    RealtimeSession,
-    TranscribeItem,
-    Truncate,
-)
+from parley.realtime.session import PromptResolver, RealtimeSession
 from parley.server.auth import (
     INSECURE_KEY_PROTOCOL,
     AuthMiddleware,
@@ -72,6 +56,7 @@ from parley.server.auth import (
 from parley.server.metrics import Metrics
 from parley.server.openai_errors import error_response
 from parley.server.openapi import openapi_document
+from parley.server.realtime_ws import Connection, Ended, Inbox
 from parley.server.rest import rest_routes
 from parley.server.tracing import TurnTracer
 from parley.store import Database, PromptStore, render
@@ -98,6 +83,8 @@ class AppState:
     sessions: set[asyncio.Task[Any]] = field(default_factory=set)
     metrics: Metrics = field(default_factory=Metrics)
     tracer: TurnTracer = field(default_factory=TurnTracer.disabled)
+    # Lower-case names the TTS engine answers to (voice ids, names and languages).
+    voice_names: frozenset[str] = frozenset()
 
     def prompt_resolver(self, tenant: str) -> PromptResolver | None:
         """Renders the tenant's own prompt templates (a tenant never sees another's)."""
@@ -146,7 +133,16 @@ def create_app(
     for name, scheduler in schedulers:
         scheduler.observe(functools.partial(metrics.batch, name))
     engines = instrument(engines, metrics.engine_call, metrics.engine_error)
-    state = AppState(settings, engines, database, keys, metrics=metrics, tracer=tracer)
+    voices = engines.tts.voices()
+    state = AppState(
+        settings,
+        engines,
+        database,
+        keys,
+        metrics=metrics,
+        tracer=tracer,
+        voice_names=frozenset(n.lower() for v in voices for n in (v.id, v.name, v.language) if n),
+    )
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -260,7 +256,15 @@ async def _client_secret(request: Request, state: AppState) -> JSONResponse:
             ClientError("session.type must be 'realtime' or 'transcription'", param="session.type")
         )
     # The same validation a session.update gets: a bad config fails now, not at connect time.
-    preview = RealtimeSession(state.settings, History(), kind=kind)
+    # The session this key will open, with its tenant's prompts and the server's voices: what
+    # would fail at connect time fails now, with the same error as a session.update would get.
+    preview = RealtimeSession(
+        state.settings,
+        History(),
+        kind=kind,
+        voices=state.voice_names,
+        prompts=state.prompt_resolver(principal.tenant),
+    )
     out = preview.receive(json.dumps({"type": "session.update", "session": config}))
     if out.events and out.events[0]["type"] == "error":
         error = out.events[0]["error"]
@@ -276,7 +280,9 @@ async def _client_secret(request: Request, state: AppState) -> JSONResponse:
         token, expires_at = state.keys.create_client_secret(principal.key, config, seconds)
     except ParleyError as exc:
         return error_response(exc)
-    return JSONResponse({"value": token, "expires_at": int(expires_at), "session": preview.config})
+    return JSONResponse(
+        {"value": token, "expires_at": int(expires_at), "session": preview.session_object}
+    )
 
 
 async def _serve_realtime(ws: WebSocket, state: AppState) -> None:
@@ -311,7 +317,15 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         subprotocol = next((p for p in offered if not p.startswith(INSECURE_KEY_PROTOCOL)), None)
     await ws.accept(subprotocol=subprotocol)
     engines = state.engines
-    pipeline = Pipeline(engines, state.settings, input_rate=24000, output_rate=24000)
+    inbox = Inbox()
+    pipeline = Pipeline(
+        engines,
+        state.settings,
+        input_rate=24000,
+        output_rate=24000,
+        auto_respond=False,  # the session decides when to respond
+        sink=inbox.put_event,
+    )
     session = RealtimeSession(
         state.settings,
         pipeline.history,
@@ -320,47 +334,55 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         model=ws.query_params.get("model") or "parley",
         vision=engines.llm.supports_vision,
         asr_model=engines.asr.name,
+        voices=state.voice_names,
         prompts=state.prompt_resolver(principal.tenant),
         rate_limits=lambda: _rate_limits(state.limiter, principal),
         timeline=ws.query_params.get("parley_timeline") in ("1", "true"),
     )
     if principal.session is not None:
-        # An ephemeral key's session configuration is the session's starting point.
+        # An ephemeral key's session configuration (validated when the key was made) is the
+        # session's starting point.
         session.receive(json.dumps({"type": "session.update", "session": principal.session}))
     bind(session_id=session.id)  # observability (issue 4): this task's and its children's logs
-    outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-    connection = _Connection(ws, session, pipeline, engines, outbox, state.metrics, state.tracer)
-    try:
-        async with pipeline, asyncio.TaskGroup() as tg:
-            writer = tg.create_task(connection.write())
-            pump = tg.create_task(connection.pump())
-            await connection.deliver(session.open())
-            limit_s = principal.key.limits.max_session_s if principal.key else None
-            try:
-                if limit_s is None:
-                    await connection.read()
-                else:
-                    try:
-                        async with asyncio.timeout(limit_s):
-                            await connection.read()
-                    except TimeoutError:
-                        outbox.put_nowait(
-                            session.error(
-                                ClientError(
-                                    f"Your session hit the maximum duration of {limit_s} seconds.",
-                                    code=Code.SESSION_EXPIRED,
-                                )
-                            )
-                        )
-            finally:
-                pump.cancel()
-                outbox.put_nowait(None)
-                await asyncio.wait([writer])
-    except Exception:  # a bug in one session must end that session only
-        log.exception("realtime session %s failed", session.id)
-        with contextlib.suppress(Exception):
-            await ws.send_text(json.dumps(session.error(EngineError("internal server error"))))
-            await ws.close(code=1011)
+    connection = Connection(
+        ws,
+        session,
+        pipeline,
+        engines,
+        inbox,
+        metrics=state.metrics,
+        tracer=state.tracer,
+        outbox_bytes=state.settings.server.send_buffer_bytes,
+    )
+    async with pipeline:
+        await connection.run(lambda: asyncio.ensure_future(_watch(state, principal)))
+
+
+async def _watch(state: AppState, principal: Principal) -> Ended:
+    """Ends a session when it outlives its key's limit or its key is revoked."""
+    key = principal.key
+    limit_s = key.limits.max_session_s if key is not None else None
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    every = state.settings.server.revocation_check_s
+    while True:
+        wait = every if deadline is None else min(every, deadline - time.monotonic())
+        await asyncio.sleep(max(wait, 0))
+        if deadline is not None and time.monotonic() >= deadline:
+            return Ended(
+                SessionClosedError(
+                    f"Your session hit the maximum duration of {limit_s} seconds.",
+                    code=Code.SESSION_EXPIRED,
+                ),
+                1000,
+            )
+        if key is not None and state.keys is not None and not state.keys.is_active(key.id):
+            log.info("realtime session of revoked key %s ended", key.id)
+            return Ended(
+                SessionClosedError(
+                    "The API key of this session was revoked.", code=Code.SESSION_REVOKED
+                ),
+                1008,
+            )
 
 
 def _rate_limits(limiter: Limiter, principal: Principal) -> list[dict[str, Any]]:
@@ -375,102 +397,3 @@ def _rate_limits(limiter: Limiter, principal: Principal) -> list[dict[str, Any]]
             "reset_seconds": round(reset, 3),
         }
     ]
-
-
-@dataclass
-class _Connection:
-    ws: WebSocket
-    session: RealtimeSession
-    pipeline: Pipeline
-    engines: Engines
-    outbox: asyncio.Queue[dict[str, Any] | None]
-    metrics: Metrics
-    tracer: TurnTracer
-
-    async def read(self) -> None:
-        while True:
-            try:
-                message = await self.ws.receive()
-            except WebSocketDisconnect:
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            raw: str | bytes | None = message.get("text")
-            if raw is None:
-                raw = message.get("bytes") or b""
-            await self.deliver(self.session.receive(raw))
-
-    async def deliver(self, output: Output) -> None:
-        """Send the events, then carry out the commands, reporting each one's outcome."""
-        for event in output.events:
-            self.outbox.put_nowait(event)
-        for command in output.commands:
-            try:
-                result = await self.execute(command)
-                follow_up = self.session.command_done(command, result)
-            except ParleyError as exc:
-                follow_up = self.session.command_failed(command, exc)
-            await self.deliver(follow_up)
-
-    async def execute(self, command: Command) -> object:
-        pipeline = self.pipeline
-        match command:
-            case PushAudio(frame=frame):
-                self.metrics.audio_in(frame.duration_s)  # observability (issue 4)
-                await pipeline.push(frame)
-            case CommitInput():
-                return pipeline.commit()
-            case ClearInput():
-                pipeline.clear_input()
-            case Configure():
-                pipeline.set_input_rate(command.input_rate)
-                pipeline.output_rate = command.output_rate
-                pipeline.set_turn_detection(command.turn_detection)
-                pipeline.response_defaults = command.defaults
-                pipeline.instructions = command.instructions
-            case CreateResponse(options=options, metadata=metadata):
-                response_id = pipeline.start_response(options)
-                self.session.response_requested(response_id, metadata)
-                return response_id
-            case CancelResponse():
-                return await pipeline.cancel_response("client_cancelled")
-            case ClearOutput():
-                await pipeline.interrupt("client_cancelled")
-            case Truncate(item_id=item_id, audio_end_ms=ms):
-                return pipeline.truncate(item_id, ms)
-            case TranscribeItem(frame=frame):
-                asr = self.engines.asr
-                transcript = await asr.transcribe(resample(frame, asr.sample_rate))
-                return transcript.text
-            case _:
-                assert_never(command)
-        return None
-
-    async def pump(self) -> None:
-        async for event in self.pipeline.events():
-            self.metrics.observe(event)  # observability (issue 4): metrics, trace, turn log
-            if isinstance(event, ResponseDone):
-                self.tracer.record_turn(self.session.id, event.response_id, event)
-                with log_context(turn_id=event.turn_id, response_id=event.response_id):
-                    log.info("turn done", extra=turn_fields(event))
-            for out in self.session.pipeline_event(event).events:
-                self.outbox.put_nowait(out)
-
-    async def write(self) -> None:
-        first_sent: dict[str, int] = {}  # response id -> when its first audio left
-        while (event := await self.outbox.get()) is not None:
-            kind = event["type"]
-            if kind == "parley.turn.timeline":
-                emitted = event.pop("_first_audio_out_ns", None)
-                sent = first_sent.pop(event["response_id"], None)
-                if emitted is not None and sent is not None:
-                    event["socket_send_ms"] = (sent - emitted) / 1e6
-            encoded = self.session.encode(event)
-            if encoded is None:
-                continue
-            try:
-                await self.ws.send_text(json.dumps(encoded, separators=(",", ":")))
-            except (WebSocketDisconnect, RuntimeError):
-                return  # the client went away; the reader notices and ends the session
-            if kind == "response.output_audio.delta" and self.session.timeline:
-                first_sent.setdefault(event["response_id"], time.perf_counter_ns())

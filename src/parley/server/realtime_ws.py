@@ -1,0 +1,396 @@
+"""The Realtime WebSocket adapter: a thin loop around the sans-I/O session and the pipeline.
+
+One connection = one :class:`~parley.pipeline.Pipeline` + one
+:class:`~parley.realtime.session.RealtimeSession` + one ``TaskGroup`` of three tasks:
+
+- the *reader* moves client messages into the :class:`Inbox` and stops reading while more than
+  :data:`MAX_INBOX_BYTES` wait there (TCP then slows a client that sends faster than the
+  session can take it);
+- the *driver* is the only task that touches the session: it takes the next input (pipeline
+  events before client messages, so that the events a command caused are seen before the next
+  client event), hands it to the session, queues the server events it produced and carries out
+  its commands in order, reporting each outcome back;
+- the *writer* is the only task that sends. Its :class:`Outbox` drops queued audio of a
+  response that was cancelled or interrupted, and is bounded: a client that stops reading is
+  disconnected once :data:`MAX_OUTBOX_BYTES` are waiting for it, with a log line.
+
+A session ends when the client leaves, when it expires, when its key is revoked or when the
+client stops reading; each of the last three sends an ``error`` event and then a close frame.
+A bug inside one connection ends that connection (``server_error``, close 1011); no other
+session notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from parley.audio.resample import resample
+from parley.engines.registry import Engines
+from parley.errors import Code, EngineError, ParleyError, SessionClosedError, as_parley_error
+from parley.logs import log_context, turn_fields
+from parley.pipeline import Pipeline
+from parley.pipeline.events import PipelineEvent, ResponseDone
+from parley.realtime.commands import (
+    CancelResponse,
+    ClearInput,
+    ClearOutput,
+    Command,
+    CommitInput,
+    Configure,
+    PushAudio,
+    StartResponse,
+    TranscribeItem,
+    Truncate,
+)
+from parley.realtime.session import Output, RealtimeSession
+from parley.server.metrics import Metrics
+from parley.server.tracing import TurnTracer
+
+__all__ = ["MAX_INBOX_BYTES", "MAX_OUTBOX_BYTES", "Connection", "Inbox", "Outbox"]
+
+log = logging.getLogger("parley.server")
+
+MAX_INBOX_BYTES = 4 * 1024 * 1024
+"""Client messages read ahead of the session; beyond this the reader waits."""
+MAX_OUTBOX_BYTES = 8 * 1024 * 1024
+"""Events queued for a client that is not reading (about two minutes of 24 kHz audio); beyond
+this the session is closed."""
+_AUDIO_DELTA = "response.output_audio.delta"
+_EVENT_COST = 256  # bytes counted for an event besides its audio
+_LATER = object()  # a command whose outcome comes back through the inbox
+
+
+@dataclass(frozen=True, slots=True)
+class _Client:
+    raw: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    command: Command
+    result: object = None
+    error: ParleyError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The session must end: ``error`` None means the client left."""
+
+    error: ParleyError | None = None
+    close_code: int = 1000
+
+
+_Input = _Client | _Result | Ended | PipelineEvent
+
+
+class Inbox:
+    """The driver's inputs: pipeline events and command results ahead of client messages."""
+
+    def __init__(self, max_client_bytes: int = MAX_INBOX_BYTES) -> None:
+        self._urgent: deque[_Input] = deque()
+        self._client: deque[_Client] = deque()
+        self._client_bytes = 0
+        self._limit = max_client_bytes
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+
+    def put_event(self, item: PipelineEvent | _Result | Ended) -> None:
+        self._urgent.append(item)
+        self._ready.set()
+
+    async def put_client(self, raw: str | bytes) -> None:
+        while self._client and self._client_bytes + len(raw) > self._limit:
+            self._room.clear()
+            await self._room.wait()
+        self._client.append(_Client(raw))
+        self._client_bytes += len(raw)
+        self._ready.set()
+
+    async def get(self) -> _Input:
+        while True:
+            if self._urgent:
+                return self._urgent.popleft()
+            if self._client:
+                item = self._client.popleft()
+                self._client_bytes -= len(item.raw)
+                self._room.set()
+                return item
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class Outbox:
+    """Events waiting to be sent, bounded in bytes; audio of stale responses is dropped."""
+
+    def __init__(self, limit: int = MAX_OUTBOX_BYTES) -> None:
+        self._queue: deque[dict[str, Any] | None] = deque()
+        self._bytes = 0
+        self.limit = limit
+        self.peak = 0
+        self._ready = asyncio.Event()
+
+    @staticmethod
+    def _cost(event: dict[str, Any]) -> int:
+        return _EVENT_COST + (len(event["delta"]) if event["type"] == _AUDIO_DELTA else 0)
+
+    def put(self, event: dict[str, Any] | None) -> bool:
+        """Queue ``event`` (None: close after the rest); False if the client is over its limit."""
+        self._queue.append(event)
+        if event is not None:
+            self._bytes += self._cost(event)
+            self.peak = max(self.peak, self._bytes)
+        self._ready.set()
+        return self._bytes <= self.limit
+
+    def drop_audio(self, response_id: str) -> None:
+        """Forget queued audio of ``response_id``: the listener will not hear it."""
+        kept: deque[dict[str, Any] | None] = deque()
+        for event in self._queue:
+            if (
+                event is not None
+                and event["type"] == _AUDIO_DELTA
+                and event["response_id"] == response_id
+            ):
+                self._bytes -= self._cost(event)
+            else:
+                kept.append(event)
+        self._queue = kept
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._bytes = 0
+
+    async def get(self) -> dict[str, Any] | None:
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        event = self._queue.popleft()
+        if event is not None:
+            self._bytes -= self._cost(event)
+        return event
+
+
+class Connection:
+    """One Realtime WebSocket connection's tasks around its session and pipeline."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        session: RealtimeSession,
+        pipeline: Pipeline,
+        engines: Engines,
+        inbox: Inbox,
+        *,
+        metrics: Metrics,
+        tracer: TurnTracer,
+        outbox_bytes: int = MAX_OUTBOX_BYTES,
+    ) -> None:
+        self.ws = ws
+        self.session = session
+        self.pipeline = pipeline
+        self.engines = engines
+        self.inbox = inbox
+        self.outbox = Outbox(outbox_bytes)
+        self.metrics = metrics
+        self.tracer = tracer
+        self._overflowed = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def run(self, watch: Callable[[], asyncio.Future[Ended] | None] | None = None) -> None:
+        """Serve until the session ends; then the closing error, if any, and a close frame."""
+        ended: Ended
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self.write())
+                reader = tg.create_task(self.read())
+                watcher = watch() if watch is not None else None
+                if watcher is not None:
+                    watcher.add_done_callback(
+                        lambda f: None if f.cancelled() else self.inbox.put_event(f.result())
+                    )
+                try:
+                    ended = await self.drive()
+                finally:
+                    reader.cancel()
+                    if watcher is not None:
+                        watcher.cancel()
+                    for task in self._background:
+                        task.cancel()
+                    if self._overflowed:
+                        writer.cancel()
+                    else:
+                        if ended.error is not None:
+                            self.outbox.put(self.session.error(ended.error))
+                        self.outbox.put(None)
+                        # A client that reads slowly still gets what was queued, within reason.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(5):
+                                await asyncio.wait([writer])
+                        writer.cancel()
+        except Exception as exc:  # a bug in one session must end that session only
+            log.exception("realtime session %s failed", self.session.id)
+            ended = Ended(as_parley_error(exc), 1011)
+            with contextlib.suppress(Exception):
+                await self.ws.send_text(
+                    json.dumps(self.session.error(EngineError("internal server error")))
+                )
+        if ended.error is None:
+            return  # the client left: nothing to send
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.ws.close(code=ended.close_code, reason=ended.error.code[:120])
+
+    # --- the three tasks ---------------------------------------------------------------------
+
+    async def read(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw: str | bytes | None = message.get("text")
+                if raw is None:
+                    raw = message.get("bytes") or b""
+                await self.inbox.put_client(raw)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        self.inbox.put_event(Ended())
+
+    async def drive(self) -> Ended:
+        await self.deliver(self.session.open())
+        while True:
+            item = await self.inbox.get()
+            match item:
+                case _Client(raw=raw):
+                    out = self.session.receive(raw)
+                case _Result(command=command, result=result, error=error):
+                    out = (
+                        self.session.command_done(command, result)
+                        if error is None
+                        else self.session.command_failed(command, error)
+                    )
+                case Ended():
+                    return item
+                case _:
+                    out = self.session.pipeline_event(self._observe(item))
+            await self.deliver(out)
+            if self._overflowed:
+                log.warning(
+                    "realtime session %s: client is not reading; %d bytes queued, closing",
+                    self.session.id,
+                    self.outbox.peak,
+                )
+                self.outbox.clear()
+                return Ended(
+                    SessionClosedError(
+                        "The client is not reading the server's events: more than "
+                        f"{self.outbox.limit} bytes were waiting. Closing the session.",
+                        code=Code.SLOW_CONSUMER,
+                    ),
+                    1008,
+                )
+
+    async def write(self) -> None:
+        first_sent: dict[str, int] = {}  # response id -> when its first audio left
+        while (event := await self.outbox.get()) is not None:
+            kind = event["type"]
+            if kind == "parley.turn.timeline":
+                emitted = event.pop("_first_audio_out_ns", None)
+                sent = first_sent.pop(event["response_id"], None)
+                if emitted is not None and sent is not None:
+                    event["socket_send_ms"] = (sent - emitted) / 1e6
+            encoded = self.session.encode(event)
+            if encoded is None:
+                continue
+            try:
+                await self.ws.send_text(json.dumps(encoded, separators=(",", ":")))
+            except (WebSocketDisconnect, RuntimeError):
+                return  # the client went away; the reader notices and ends the session
+            if kind == _AUDIO_DELTA and self.session.timeline:
+                first_sent.setdefault(event["response_id"], time.perf_counter_ns())
+
+    # --- the driver's work -------------------------------------------------------------------
+
+    def _observe(self, event: PipelineEvent) -> PipelineEvent:
+        self.metrics.observe(event)  # observability (issue 4): metrics, trace, turn log
+        if isinstance(event, ResponseDone):
+            self.tracer.record_turn(self.session.id, event.response_id, event)
+            with log_context(turn_id=event.turn_id, response_id=event.response_id):
+                log.info("turn done", extra=turn_fields(event))
+        return event
+
+    async def deliver(self, output: Output) -> None:
+        """Queue the events, drop stale audio, then carry out the commands in order."""
+        for response_id in output.stale:
+            self.outbox.drop_audio(response_id)
+        for event in output.events:
+            if not self.outbox.put(event):
+                self._overflowed = True
+        for command in output.commands:
+            try:
+                result = await self.execute(command)
+            except ParleyError as exc:
+                follow_up = self.session.command_failed(command, exc)
+            else:
+                if result is _LATER:
+                    continue
+                follow_up = self.session.command_done(command, result)
+            await self.deliver(follow_up)
+
+    async def execute(self, command: Command) -> object:
+        pipeline = self.pipeline
+        match command:
+            case PushAudio(frame=frame):
+                self.metrics.audio_in(frame.duration_s)  # observability (issue 4)
+                await pipeline.push(frame)
+            case CommitInput():
+                return pipeline.commit()
+            case ClearInput():
+                pipeline.clear_input()
+            case Configure():
+                pipeline.set_input_rate(command.input_rate)
+                pipeline.output_rate = command.output_rate
+                pipeline.set_turn_detection(command.turn_detection)
+                pipeline.response_defaults = command.defaults
+                pipeline.instructions = command.instructions
+            case StartResponse():
+                return pipeline.start_response(
+                    command.options,
+                    response_id=command.response_id,
+                    item_id=command.item_id,
+                    turn_id=command.turn_id,
+                )
+            case CancelResponse(response_id=rid, reason=reason):
+                return await pipeline.cancel_response(reason, rid)
+            case ClearOutput():
+                await pipeline.interrupt("client_cancelled")
+            case Truncate(item_id=item_id, audio_end_ms=ms):
+                return pipeline.truncate(item_id, ms)
+            case TranscribeItem():
+                # Recognising a whole item takes a while: off the driver, reported back.
+                task = asyncio.create_task(self._transcribe_item(command))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return _LATER
+            case _:
+                assert_never(command)
+        return None
+
+    async def _transcribe_item(self, command: TranscribeItem) -> None:
+        asr = self.engines.asr
+        try:
+            transcript = await asr.transcribe(resample(command.frame, asr.sample_rate))
+        except Exception as exc:  # reported to the client as an error event
+            self.inbox.put_event(_Result(command, error=as_parley_error(exc)))
+        else:
+            self.inbox.put_event(_Result(command, transcript.text))
