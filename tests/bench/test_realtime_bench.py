@@ -192,6 +192,9 @@ def test_bench_result_has_machine_command_and_answer(result: dict[str, Any]) -> 
     assert set(result["config"]["clips"]) == set(CLIPS)
     assert result["answer"]["max_sessions_within_slo"] == 2
     assert "turns ok" in result["_printed"] and "pass" in result["_printed"]
+    # The gap column is named for what it is, and its footnote explains values below 0.
+    assert "gap minus 500 ms silence" in result["_printed"]
+    assert "Below 0 is normal" in result["_printed"]
 
 
 def test_bench_level_records_every_turn_without_errors(result: dict[str, Any]) -> None:

@@ -7,18 +7,22 @@ import asyncio
 import io
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
+from rich.table import Table
 
 from parley.bench.realtime import add_bench_parser
 from parley.bench.report import (
     STAGES,
     evaluate_slo,
+    fit_table,
     load_result,
-    results_table,
+    print_results,
+    print_table,
     summarize_level,
     sweep_answer,
     write_png,
@@ -130,13 +134,97 @@ def test_sweep_answer_is_the_largest_level_before_the_first_miss() -> None:
     assert sweep_answer([]) is None
 
 
-def test_table_has_a_row_per_level() -> None:
-    table = results_table(result([level(1, [turn(600.0)]), level(5, [turn(2000.0)])]))
+def printed(width: int, draw: Callable[[Console], None]) -> str:
     out = io.StringIO()
-    Console(file=out, width=220).print(table)
-    text = out.getvalue()
-    assert "pass" in text and "fail: p95 1500 ms > 500 ms" in text
-    assert table.row_count == 2
+    draw(Console(file=out, width=width))
+    return out.getvalue()
+
+
+SWEEP = result(
+    [
+        level(1, [turn(480.0), turn(490.0)]),  # replies within the silence window: below 0
+        level(5, [turn(600.0), turn(2000.0, underruns=2)]),
+        level(10, [turn(16064.0), turn(18017.0)]),
+        level(20, [turn(26064.0), turn(28017.0)]),
+    ]
+)
+
+
+@pytest.mark.parametrize("width", [250, 120, 80, 40])
+def test_results_show_every_figure_whole_at_any_width(width: int) -> None:
+    text = printed(width, lambda c: print_results(c, SWEEP))
+    assert "…" not in text
+    lines = text.splitlines()
+    for figure in ("-15 / -10", "1300 / 1930", "27040 / 27919", "-50 / -46", "2/2"):
+        assert any(figure in line for line in lines), f"{figure!r} cut at {width}:\n{text}"
+    # The SLO's reasons, whatever the layout.
+    flat = " ".join(text.split())
+    assert "pass" in flat and "fail: p95 1430 ms > 500 ms; 2 underruns (50 ms)" in flat
+    # The gap column says what it is, and the footnote says why it can be negative.
+    assert "gap minus 500 ms silence" in flat
+    assert "Below 0 is normal" in flat and "silence window began earlier" in flat
+
+
+def test_results_layout_follows_the_width() -> None:
+    wide = printed(250, lambda c: print_results(c, SWEEP))
+    assert any(line.split()[:2] == ["5", "2/2"] for line in wide.splitlines())  # row per level
+    turned = printed(80, lambda c: print_results(c, SWEEP))
+    assert max(map(len, turned.splitlines())) <= 80
+    header = next(line for line in turned.splitlines() if "1 session" in line)
+    assert header.split() == ["1", "session", "5", "sessions", "10", "sessions", "20", "sessions"]
+    assert "SLO at 5 sessions: fail: p95 1430 ms" in turned
+    blocks = printed(40, lambda c: print_results(c, SWEEP))
+    assert "10 sessions" in blocks.splitlines()
+
+
+def test_results_label_the_gap_by_the_configured_silence() -> None:
+    data = result([level(1, [turn(600.0)])])
+    data["config"]["silence_ms"] = 300
+    text = printed(250, lambda c: print_results(c, data))
+    assert "gap minus 300 ms silence" in text and "gap - " not in text
+
+
+IDS = [f"key_{'x' * 16}{i}" for i in range(3)]
+ROWS = [
+    [i, f"sk-parley-{n}...", "a rather long name for a key " * 2, "rpm 600"]
+    for n, i in enumerate(IDS)
+]
+
+
+@pytest.mark.parametrize("width", [200, 80, 50, 30, 10])
+def test_print_table_never_cuts_or_wraps_an_id(width: int) -> None:
+    text = printed(
+        width, lambda c: print_table(c, ["id", "prefix", "name", "limits"], ROWS, wrap={2})
+    )
+    lines = text.splitlines()
+    for row in ROWS:
+        assert row[0] in lines or any(line.split()[:2] == row[:2] for line in lines), text
+        assert any(row[1] in line for line in lines)
+    assert "…" not in text
+
+
+def test_fit_table_wraps_only_the_wrap_columns_then_gives_up() -> None:
+    headers = ["id", "description"]
+    rows = [["pmpt_support", "one two three four five six"]]
+
+    def fit(width: int) -> Table | None:
+        return fit_table(Console(file=io.StringIO(), width=width), headers, rows, wrap={1})
+
+    assert fit(200) is not None
+    # The narrowest table holds the id and the description's longest piece (its header) side by
+    # side, plus the gap between them; anything narrower is no table at all.
+    narrowest = min(w for w in range(1, 60) if fit(w) is not None)
+    assert len("pmpt_support") + len("description") < narrowest <= 23 + 4
+    assert all(fit(w) is None for w in range(1, narrowest))
+    text = printed(narrowest, lambda c: c.print(fit(narrowest)))
+    assert "pmpt_support" in text.splitlines()[2]
+    words = [w for w in text.split() if "─" not in w]
+    assert " ".join(words) == "id description pmpt_support one two three four five six"
+    assert len(text.splitlines()) > 3  # the description wrapped, between words
+    assert max(map(len, text.splitlines())) == narrowest
+    # Markup in a cell is text, not style.
+    text = printed(80, lambda c: print_table(c, ["id"], [["[bold]x[/bold]"]]))
+    assert "[bold]x[/bold]" in text
 
 
 def test_png_is_drawn_from_json(tmp_path: Path) -> None:

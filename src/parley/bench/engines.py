@@ -300,10 +300,16 @@ def add_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
         "engines",
         parents=parents,
         help="real-time factor of the configured ASR and TTS, VAD cost, LLM time to first token",
+        description="Time the configured engines one at a time on the English speech clips: VAD "
+        "cost per window, ASR streaming speed, delay to the final transcript and word error "
+        "rate, TTS real-time factor and time to first audio, LLM time to first token. Prints "
+        "markdown tables.",
     )
     engines.add_argument("--config", type=Path, help="TOML configuration file")
     engines.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
-    engines.add_argument("--clips", type=Path, help="folder with manifest.jsonl")
+    engines.add_argument(
+        "--clips", type=Path, help="folder with manifest.jsonl (default: the shared clips)"
+    )
     engines.add_argument("--json", type=Path, help="also write the raw numbers here")
     engines.set_defaults(run=command)
 

@@ -43,8 +43,8 @@ from parley.audio.resample import resample
 from parley.bench.clips import load_clips
 from parley.bench.report import (
     evaluate_slo,
+    print_results,
     require_matplotlib,
-    results_table,
     summarize_level,
     sweep_answer,
 )
@@ -886,7 +886,7 @@ async def _run_realtime(args: argparse.Namespace, console: Console) -> int:
         from parley.bench.report import write_png
 
         write_png(result, args.png)
-    console.print(results_table(result))
+    print_results(console, result)
     answer = result["answer"]["max_sessions_within_slo"]
     console.print(
         f"largest level within the SLO ({result['answer']['slo']}): "
@@ -904,7 +904,7 @@ async def _run_report(args: argparse.Namespace, console: Console) -> int:
     result = load_result(args.result)
     output = args.output or args.result.with_suffix(".png")
     write_png(result, output)
-    console.print(results_table(result))
+    print_results(console, result)
     console.print(f"wrote {output}")
     return 0
 
@@ -913,10 +913,11 @@ def add_bench_parser(subparsers: Any) -> None:
     """Add ``parley bench realtime`` and ``parley bench report`` to the CLI's subparsers."""
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="show tracebacks")
+    summary = "load-test a Realtime server, time the engines, redraw a load test's report"
     bench = subparsers.add_parser(
-        "bench", parents=[debug], help="load-test a Realtime server and report its latency"
+        "bench", parents=[debug], help=summary, description=summary[0].upper() + summary[1:] + "."
     )
-    actions = bench.add_subparsers(dest="bench_command", required=True)
+    actions = bench.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
     from parley.bench import engines as engine_bench
 
     engine_bench.add_parser(actions, [debug])
@@ -925,6 +926,10 @@ def add_bench_parser(subparsers: Any) -> None:
         "realtime",
         parents=[debug],
         help="many concurrent callers speaking clips in real time; turn gaps, stages, underruns",
+        description="Many concurrent callers speak clips to a running Realtime server in real "
+        "time; the table shows each level's turn gap (last speech sample sent -> first reply "
+        "audio), the server's stages, underruns and the SLO verdict. Drawing --png needs the "
+        "bench extra: pip install 'parley[bench]'.",
     )
     rt.add_argument("--url", default="ws://127.0.0.1:8000/v1/realtime", help="Realtime endpoint")
     rt.add_argument("--sessions", type=int, default=1, help="concurrent sessions (default 1)")
@@ -941,7 +946,7 @@ def add_bench_parser(subparsers: Any) -> None:
         "--slo-p95-ms",
         type=float,
         default=500.0,
-        help="p95 turn gap after the silence window (default 500)",
+        help="limit on the p95 turn gap minus the silence window, in ms (default 500)",
     )
     rt.add_argument(
         "--silence-ms",
@@ -957,11 +962,19 @@ def add_bench_parser(subparsers: Any) -> None:
     rt.add_argument("--seed", type=int, default=0, help="seed for the start stagger")
     rt.add_argument("--api-key", help="API key for the server (default $PARLEY_API_KEY)")
     rt.add_argument("--json", type=Path, help="write the full result here")
-    rt.add_argument("--png", type=Path, help="draw the report here (needs matplotlib)")
+    rt.add_argument(
+        "--png",
+        type=Path,
+        help="draw the report here (needs matplotlib: pip install 'parley[bench]')",
+    )
     rt.set_defaults(run=_run_realtime)
 
     report = actions.add_parser(
-        "report", parents=[debug], help="redraw the PNG report from a bench JSON result"
+        "report",
+        parents=[debug],
+        help="redraw the PNG report from a bench JSON result",
+        description="Redraw the PNG report and print the table from the JSON that 'parley bench "
+        "realtime --json' wrote. Needs matplotlib: pip install 'parley[bench]'.",
     )
     report.add_argument("result", type=Path, help="JSON written by 'parley bench realtime --json'")
     report.add_argument("-o", "--output", type=Path, help="PNG to write (default RESULT.png)")

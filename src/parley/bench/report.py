@@ -1,5 +1,8 @@
 """Reports of ``parley bench realtime``: level summaries, the SLO verdict, a table, a PNG.
 
+Also the tables the CLI prints (:func:`print_table`): they never cut an id or a figure to fit the
+terminal.
+
 Everything here works on the JSON result (plain dicts), so ``parley bench report`` can redraw a
 run long after it happened. Nothing here opens a socket or reads a clock. matplotlib is an optional
 dependency, imported only when a PNG is drawn.
@@ -9,11 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from parley.bench.stats import summarize
 from parley.errors import ConfigError
@@ -21,9 +29,15 @@ from parley.errors import ConfigError
 __all__ = [
     "STAGES",
     "evaluate_slo",
+    "fit_table",
+    "gap_footnote",
+    "gap_label",
     "load_result",
+    "print_records",
+    "print_results",
+    "print_table",
     "require_matplotlib",
-    "results_table",
+    "results_rows",
     "summarize_level",
     "sweep_answer",
     "write_png",
@@ -151,7 +165,113 @@ def load_result(path: Path) -> dict[str, Any]:
     return result
 
 
-# --- the table ---------------------------------------------------------------------------------
+# --- tables that never cut a value ----------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return text.split() or [""]
+
+
+def fit_table(
+    console: Console,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    wrap: Collection[int] = (),
+    right: Collection[int] = (),
+) -> Table | None:
+    """A table of ``rows`` that fits the console's width with every cell whole, or None.
+
+    Cells of the ``wrap`` columns may break between words; every other cell (ids, numbers) is
+    shown on one line, uncut, so that it can be copied. rich alone would shorten such a cell with
+    an ellipsis once the table is wider than the terminal, so each column's width is set here:
+    its natural width when everything fits, else the narrowest that keeps every cell whole,
+    sharing what is left among the columns that would like more. Headers may wrap.
+    """
+    n = len(headers)
+    natural = [max([cell_len(headers[i]), *(cell_len(r[i]) for r in rows)]) for i in range(n)]
+    need = []  # the narrowest width that shows the column's cells whole (words, if it wraps)
+    for i in range(n):
+        pieces = [w for r in rows for w in (_words(r[i]) if i in wrap else [r[i]])]
+        need.append(max([1, *map(cell_len, _words(headers[i])), *map(cell_len, pieces)]))
+
+    def table(widths: Sequence[int]) -> Table:
+        out = Table(
+            title=title,
+            box=box.SIMPLE_HEAD,
+            header_style="bold",
+            padding=(0, 1),
+            pad_edge=False,
+            show_edge=False,
+        )
+        for i, (name, width) in enumerate(zip(headers, widths, strict=True)):
+            out.add_column(
+                Text(name), justify="right" if i in right else "left", width=width, overflow="fold"
+            )
+        for row in rows:
+            out.add_row(*(Text(cell) for cell in row))  # Text: no markup, "[x]" stays "[x]"
+        return out
+
+    unbounded = console.options.update_width(1_000_000)
+    extra = Measurement.get(console, unbounded, table(natural)).maximum - sum(natural)
+    room = console.width - extra
+    if sum(natural) <= room:
+        return table(natural)
+    if sum(need) > room:
+        return None
+    widths = list(need)
+    spare = room - sum(widths)
+    while spare > 0:
+        wanting = [i for i in range(n) if widths[i] < natural[i]]
+        for i in wanting[:spare]:
+            widths[i] += 1
+        spare -= len(wanting[:spare])
+    return table(widths)
+
+
+def print_records(
+    console: Console,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+) -> None:
+    """Each row as a block: its first cell alone, then one ``header  value`` line per other cell.
+
+    For consoles too narrow for any table: nothing is shortened or folded by rich (a line longer
+    than the terminal is left to the terminal), so an id on its own line is always whole.
+    """
+    if title:
+        console.print(Text(title, style="bold"), soft_wrap=True)
+    label = max((cell_len(h) for h in headers[1:]), default=0)
+    for n, row in enumerate(rows):
+        if n or title:
+            console.print()
+        console.print(Text(row[0], style="bold"), soft_wrap=True)
+        for name, cell in zip(headers[1:], row[1:], strict=True):
+            if cell:
+                console.print(Text(f"  {name.ljust(label)}  {cell}"), soft_wrap=True)
+
+
+def print_table(
+    console: Console,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    wrap: Collection[int] = (),
+    right: Collection[int] = (),
+) -> None:
+    """``rows`` as a table when one fits the console (see :func:`fit_table`), else as blocks."""
+    table = fit_table(console, headers, rows, title=title, wrap=wrap, right=right)
+    if table is None:
+        print_records(console, headers, rows, title=title)
+    else:
+        console.print(table)
+
+
+# --- the results table -------------------------------------------------------------------------
 
 
 def _ms(value: float | None) -> str:
@@ -164,27 +284,46 @@ def _pair(summary: Mapping[str, Any] | None) -> str:
     return f"{summary['p50']:.0f} / {summary['p95']:.0f}"
 
 
-def results_table(result: Mapping[str, Any]) -> Table:
-    """One row per level: p50 / p95 in ms, counts, and the SLO verdict."""
+def gap_label(silence_ms: float) -> str:
+    """The header of the turn gap minus the silence window, as tables and the PNG name it."""
+    return f"gap minus {silence_ms:g} ms silence"
+
+
+def gap_footnote(silence_ms: float) -> str:
+    """What the gap-minus-silence figures mean, and why some are negative."""
+    return (
+        f"{gap_label(silence_ms)}: the turn gap (last speech sample sent -> first reply audio) "
+        f"less the {silence_ms:g} ms the server waits in silence before it answers; what parley "
+        "adds. Below 0 is normal: the server's voice detector heard the speech end before the "
+        "client's mark (a soft word ending is speech to one, silence to the other), so its "
+        "silence window began earlier."
+    )
+
+
+_RESULT_HEADERS = (
+    "sessions",
+    "turns ok",
+    "turn gap",
+    "",  # gap_label(silence), per result
+    "ASR final",
+    "LLM first token",
+    "TTS first audio",
+    "rest",
+    "underruns",
+    "barge-in stop",
+    "errors",
+    "dropped",
+    "client lag",
+    "SLO",
+)
+
+
+def results_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The headers and one row per level (p50 / p95 in ms, counts, the SLO verdict)."""
     silence = result.get("config", {}).get("silence_ms", 500)
-    table = Table(title="parley bench realtime (ms, p50 / p95)", header_style="bold")
-    for name in (
-        "sessions",
-        "turns ok",
-        "turn gap",
-        f"gap - {silence}",
-        "ASR",
-        "LLM",
-        "TTS",
-        "rest",
-        "underruns",
-        "barge-in stop",
-        "errors",
-        "dropped",
-        "client lag",
-        "SLO",
-    ):
-        table.add_column(name, justify="left" if name == "SLO" else "right")
+    headers = list(_RESULT_HEADERS)
+    headers[3] = gap_label(silence)
+    rows = []
     for level in result["levels"]:
         s = level["summary"]
         stages = s["stages_ms"]
@@ -195,23 +334,60 @@ def results_table(result: Mapping[str, Any]) -> Table:
             if barge["already_complete"]:
                 barge_text += f" ({barge['already_complete']}/{barge['n']} done)"
         slo = level["slo"]
-        table.add_row(
-            str(level["sessions"]),
-            f"{level['completed_turns']}/{level['expected_turns']}",
-            _pair(s["turn_gap_ms"]),
-            _pair(s["turn_gap_minus_silence_ms"]),
-            _pair(stages["asr_final"]),
-            _pair(stages["llm_first_token"]),
-            _pair(stages["tts_first_audio"]),
-            _pair(s["overhead_ms"]),
-            str(s["underruns"]),
-            barge_text,
-            str(level["error_count"]),
-            str(level["dropped_sessions"]),
-            _ms(level.get("client_lag_ms")),
-            "pass" if slo["pass"] else "fail: " + "; ".join(slo["reasons"]),
+        rows.append(
+            [
+                str(level["sessions"]),
+                f"{level['completed_turns']}/{level['expected_turns']}",
+                _pair(s["turn_gap_ms"]),
+                _pair(s["turn_gap_minus_silence_ms"]),
+                _pair(stages["asr_final"]),
+                _pair(stages["llm_first_token"]),
+                _pair(stages["tts_first_audio"]),
+                _pair(s["overhead_ms"]),
+                str(s["underruns"]),
+                barge_text,
+                str(level["error_count"]),
+                str(level["dropped_sessions"]),
+                _ms(level.get("client_lag_ms")),
+                "pass" if slo["pass"] else "fail: " + "; ".join(slo["reasons"]),
+            ]
         )
-    return table
+    return headers, rows
+
+
+def print_results(console: Console, result: Mapping[str, Any]) -> None:
+    """The results table, every figure whole at any terminal width, and what the gap means.
+
+    One row per level where that fits; else one row per figure and one column per level, with
+    the SLO's reasons listed below; else one block per level.
+    """
+    title = "parley bench realtime (ms, p50 / p95)"
+    headers, rows = results_rows(result)
+    slo = len(headers) - 1
+    right = set(range(slo))
+    table = fit_table(console, headers, rows, title=title, wrap={slo}, right=right)
+    if table is not None:
+        console.print(table)
+    else:
+        names = [f"{row[0]} session" + ("" if row[0] == "1" else "s") for row in rows]
+        turned = [
+            [name, *(row[i] if i != slo else row[i].partition(":")[0] for row in rows)]
+            for i, name in enumerate(headers)
+            if i
+        ]
+        columns = ["", *names]
+        table = fit_table(
+            console, columns, turned, title=title, wrap={0}, right=range(1, len(columns))
+        )
+        if table is None:
+            blocks = [[name, *row[1:]] for name, row in zip(names, rows, strict=True)]
+            print_records(console, headers, blocks, title=title)
+        else:
+            console.print(table)
+            for n, row in zip(names, rows, strict=True):
+                if row[slo] != "pass":
+                    console.print(Text(f"SLO at {n}: {row[slo]}"))
+    console.print(Text(gap_footnote(result.get("config", {}).get("silence_ms", 500))))
 
 
 # --- the PNG -----------------------------------------------------------------------------------
@@ -234,7 +410,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "drawing the report needs matplotlib: pip install 'parley[bench]'"
+            "drawing the report needs matplotlib, which comes with the bench extra: "
+            "pip install 'parley[bench]' (in a checkout: pip install -e '.[bench]')"
         ) from None
 
 
