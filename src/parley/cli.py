@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from parley.audio.files import read_audio, write_audio
 from parley.audio.frames import Frame
 from parley.audio.resample import resample
 from parley.bench.realtime import add_bench_parser
+from parley.bench.report import print_table
 from parley.config import Settings, load_settings
 from parley.engines.base import SpeechOptions
 from parley.engines.registry import build_asr, build_engines, build_tts, build_vad, warm_up
@@ -355,25 +357,65 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     return 0 if server.started else EXIT_ERROR
 
 
+def _tenant_name(tenant: str) -> str:
+    return f"tenant {tenant!r}" if tenant else "the default tenant (that of --no-auth servers)"
+
+
+def _unknown_prompt(database: Any, prompt_id: str, tenant: str, exc: ClientError) -> ClientError:
+    """The store's error, plus where the prompt is when another tenant has it (the usual slip:
+    imported with --tenant, shown without)."""
+    rows = database.query(
+        "SELECT DISTINCT tenant FROM prompt_templates WHERE id = ? AND tenant != ? ORDER BY tenant",
+        (prompt_id, tenant),
+    )
+    others = [row["tenant"] for row in rows]
+    if not others:
+        return ClientError(f"{exc.message} for {_tenant_name(tenant)}", param=exc.param)
+    hint = " or ".join(f"--tenant {name}" if name else "no --tenant" for name in others[:3])
+    return ClientError(
+        f"{exc.message} for {_tenant_name(tenant)}; {_tenant_name(others[0])} has it: try {hint}",
+        param=exc.param,
+    )
+
+
 async def _prompts(args: argparse.Namespace, console: Console) -> int:
     from parley.store import Database, PromptStore, load_template_file
 
     settings = _settings(args)
+    tenant = args.tenant or ""
     with Database(settings.server.database) as database:
-        store = PromptStore(database, args.tenant or "")
+        store = PromptStore(database, tenant)
         match args.action:
             case "import":
                 for path in args.files:
                     template = store.put(load_template_file(path))
-                    console.print(f"imported {template.id} version {template.version}")
+                    console.print(
+                        f"imported {template.id} version {template.version} for "
+                        f"{_tenant_name(tenant)}",
+                        markup=False,
+                    )
             case "list":
-                table = Table("id", "latest version", "versions", "description", box=None)
-                for template in store.list():
-                    versions = ", ".join(t.version for t in store.versions(template.id))
-                    table.add_row(template.id, template.version, versions, template.description)
-                console.print(table)
+                rows = [
+                    [
+                        template.id,
+                        template.version,
+                        ", ".join(t.version for t in store.versions(template.id)),
+                        template.description,
+                    ]
+                    for template in store.list()
+                ]
+                if not rows:
+                    console.print(f"no prompt templates for {_tenant_name(tenant)}", markup=False)
+                    return 0
+                headers = ["id", "latest version", "versions", "description"]
+                print_table(console, headers, rows, wrap={2, 3})
             case "show":
-                template = store.get(args.id, args.version)
+                try:
+                    template = store.get(args.id, args.version)
+                except ClientError as exc:
+                    if exc.param != "prompt.id":
+                        raise
+                    raise _unknown_prompt(database, args.id, tenant, exc) from exc
                 console.print_json(
                     json.dumps(
                         {
@@ -389,9 +431,15 @@ async def _prompts(args: argparse.Namespace, console: Console) -> int:
                     )
                 )
             case "delete":
-                store.delete(args.id, args.version)
+                try:
+                    store.delete(args.id, args.version)
+                except ClientError as exc:
+                    if exc.param != "prompt.id":
+                        raise
+                    raise _unknown_prompt(database, args.id, tenant, exc) from exc
                 console.print(
-                    f"deleted {args.id}" + (f" version {args.version}" if args.version else "")
+                    f"deleted {args.id}" + (f" version {args.version}" if args.version else ""),
+                    markup=False,
                 )
     return 0
 
@@ -413,7 +461,7 @@ async def _keys(args: argparse.Namespace, console: Console) -> int:
                 )
                 print(token)
             case "list":
-                table = Table("id", "prefix", "name", "created", "status", "limits", box=None)
+                rows = []
                 for key in keys.list_keys(args.tenant):
                     created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
                     shown = ", ".join(
@@ -425,31 +473,69 @@ async def _keys(args: argparse.Namespace, console: Console) -> int:
                         )
                         if value is not None
                     )
-                    table.add_row(
-                        key.id,
-                        key.prefix + "...",
-                        key.name,
-                        created,
-                        "active" if key.active else "revoked",
-                        shown or "-",
+                    status = "active" if key.active else "revoked"
+                    rows.append(
+                        [key.id, key.prefix + "...", key.name, created, status, shown or "-"]
                     )
-                console.print(table)
+                if not rows:
+                    console.print(f"tenant {args.tenant} has no keys", markup=False)
+                    return 0
+                headers = ["id", "prefix", "name", "created (UTC)", "status", "limits"]
+                # Ids and prefixes are whole on any terminal: they are what 'keys revoke' takes.
+                print_table(console, headers, rows, wrap={2, 5})
             case "revoke":
-                key = keys.revoke(args.tenant, args.key)
+                # The prefix as 'keys list' shows it, copied with its dots, names the key too.
+                key = keys.revoke(args.tenant, args.key.removesuffix("..."))
                 console.print(f"revoked {key.id} ({key.prefix}...) of tenant {args.tenant}")
     return 0
 
 
 async def _voices(args: argparse.Namespace, console: Console) -> int:
     tts = build_tts(_settings(args).tts)
-    table = Table("id", "name", "language", box=None)
-    for voice in tts.voices():
-        table.add_row(voice.id, voice.name, voice.language)
-    console.print(table)
+    rows = [[voice.id, voice.name, voice.language] for voice in tts.voices()]
+    print_table(console, ["id", "name", "language"], rows, wrap={1})
     return 0
 
 
 # --- entry point -------------------------------------------------------------------------------
+
+_DESCRIPTION = (
+    "parley: a self-hosted realtime voice AI server, compatible with the OpenAI Realtime API. "
+    "Run 'parley COMMAND --help' for a command's options. Errors print as one line; add "
+    "--debug to a command to see the traceback."
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that a line never breaks inside a hyphenated word such as --no-auth."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    """The help formatter for this parser and, through add_subparsers, every subcommand's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _command(sub: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with the line its parent's --help lists it by."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + ".", **kwargs
+    )
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -463,12 +549,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    parser = argparse.ArgumentParser(prog="parley", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="parley", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"parley {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    call = sub.add_parser(
-        "call", parents=[common], help="talk to parley with a recording; write and print its reply"
+    call = _command(
+        sub, "call", "talk to parley with a recording; write and print its reply", parents=[common]
     )
     call.add_argument("input", type=Path, help="recording (wav, flac, ogg, mp3)")
     call.add_argument("-o", "--output", type=Path, help="write the spoken reply here")
@@ -480,8 +566,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     call.set_defaults(run=_call)
 
-    say = sub.add_parser("say", parents=[common], help="speak text into an audio file")
-    say.add_argument("text")
+    say = _command(sub, "say", "speak text into an audio file", parents=[common])
+    say.add_argument("text", help="what to say")
     say.add_argument(
         "-o",
         "--output",
@@ -494,67 +580,66 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--rate", type=int, default=24000, help="sample rate (default 24000)")
     say.set_defaults(run=_say)
 
-    tr = sub.add_parser("transcribe", parents=[common], help="print the words in a recording")
-    tr.add_argument("input", type=Path)
+    tr = _command(sub, "transcribe", "print the words in a recording", parents=[common])
+    tr.add_argument("input", type=Path, help="recording (wav, flac, ogg, mp3)")
     tr.add_argument("--json", action="store_true", help="print text, words and timings as JSON")
     tr.set_defaults(run=_transcribe)
 
-    serve = sub.add_parser(
-        "serve", parents=[common], help="run the OpenAI Realtime-compatible server"
-    )
+    serve = _command(sub, "serve", "run the OpenAI Realtime-compatible server", parents=[common])
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument(
         "--no-auth",
         action="store_true",
-        help="accept every caller without a key (local development only)",
+        help="accept every caller without a key, as the default tenant (local development only)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.set_defaults(run=_serve)
 
-    prompts = sub.add_parser("prompts", parents=[common], help="manage reusable prompt templates")
-    actions = prompts.add_subparsers(dest="action", required=True)
+    prompts = _command(sub, "prompts", "manage reusable prompt templates", parents=[common])
+    actions = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
     tenant = argparse.ArgumentParser(add_help=False)
     tenant.add_argument(
-        "--tenant", help="the tenant whose templates (default: the tenant of --no-auth servers)"
+        "--tenant",
+        help="the tenant that owns the templates (default: the one tenant of a server run "
+        "with --no-auth)",
     )
-    imp = actions.add_parser(
-        "import", parents=[common, tenant], help="store templates from TOML files"
-    )
-    imp.add_argument("files", nargs="+", type=Path)
-    actions.add_parser("list", parents=[common, tenant], help="list stored templates")
+    imp = _command(actions, "import", "store templates from TOML files", parents=[common, tenant])
+    imp.add_argument("files", nargs="+", type=Path, help="template files (TOML)")
+    _command(actions, "list", "list stored templates", parents=[common, tenant])
     for name in ("show", "delete"):
-        action = actions.add_parser(name, parents=[common, tenant], help=f"{name} a template")
-        action.add_argument("id")
-        action.add_argument("--version")
+        action = _command(actions, name, f"{name} a template", parents=[common, tenant])
+        action.add_argument("id", help="the template's id, e.g. pmpt_support")
+        action.add_argument("--version", help="one version (default: the latest)")
     prompts.set_defaults(run=_prompts)
 
-    keys = sub.add_parser("keys", parents=[common], help="manage API keys and tenants")
-    key_actions = keys.add_subparsers(dest="action", required=True)
+    keys = _command(sub, "keys", "manage API keys and tenants", parents=[common])
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     owner = argparse.ArgumentParser(add_help=False)
     owner.add_argument("--tenant", required=True, help="the tenant the keys belong to")
-    create = key_actions.add_parser(
-        "create", parents=[common, owner], help="create a key (and the tenant if new)"
+    create = _command(
+        key_actions, "create", "create a key (and the tenant if new)", parents=[common, owner]
     )
     create.add_argument("--name", help="a label for the key")
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--max-sessions", type=int, help="concurrent Realtime sessions")
     create.add_argument("--max-session-seconds", type=int, help="longest Realtime session")
-    key_actions.add_parser("list", parents=[common, owner], help="list a tenant's keys")
-    revoke = key_actions.add_parser("revoke", parents=[common, owner], help="revoke a key")
-    revoke.add_argument("key", help="key id or prefix, as 'keys list' shows")
+    _command(key_actions, "list", "list a tenant's keys", parents=[common, owner])
+    revoke = _command(key_actions, "revoke", "revoke a key", parents=[common, owner])
+    revoke.add_argument("key", help="key id or prefix, as 'parley keys list' shows")
     keys.set_defaults(run=_keys)
 
-    models = sub.add_parser(
-        "models", parents=[common], help="fetch weights for the neural engines (needs internet)"
+    models = _command(
+        sub, "models", "fetch weights for the neural engines (needs internet)", parents=[common]
     )
-    model_actions = models.add_subparsers(dest="action", required=True)
-    pull = model_actions.add_parser(
+    model_actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pull = _command(
+        model_actions,
         "pull",
+        "download a model: whisper:SIZE, piper:VOICE or a hub repository id ORG/NAME",
         parents=[common],
-        help="download a model: whisper:SIZE, piper:VOICE or a hub repository id ORG/NAME",
     )
     pull.add_argument(
         "name", help="e.g. whisper:tiny.en, piper:en_US-lessac-medium, facebook/mms-tts-eng"
@@ -562,7 +647,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--dir", type=Path, help="put the files here instead of the shared cache")
     models.set_defaults(run=_models)
 
-    voices = sub.add_parser("voices", parents=[common], help="list the TTS voices")
+    voices = _command(sub, "voices", "list the TTS voices", parents=[common])
     voices.set_defaults(run=_voices)
     add_bench_parser(sub)
     return parser
