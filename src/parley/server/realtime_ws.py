@@ -215,9 +215,7 @@ class Connection:
                 reader = tg.create_task(self.read())
                 watcher = watch() if watch is not None else None
                 if watcher is not None:
-                    watcher.add_done_callback(
-                        lambda f: None if f.cancelled() else self.inbox.put_event(f.result())
-                    )
+                    watcher.add_done_callback(self._watched)
                 try:
                     ended = await self.drive()
                 finally:
@@ -249,6 +247,14 @@ class Connection:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self.ws.close(code=ended.close_code, reason=ended.error.code[:120])
+
+    def _watched(self, watcher: asyncio.Future[Ended]) -> None:
+        if watcher.cancelled():
+            return
+        if (exc := watcher.exception()) is not None:
+            log.error("realtime session %s: its watch failed: %r", self.session.id, exc)
+            return
+        self.inbox.put_event(watcher.result())
 
     # --- the three tasks ---------------------------------------------------------------------
 

@@ -165,6 +165,12 @@ class KeyStore:
                 self._db.query("SELECT * FROM api_keys WHERE id = ?", (rows[0]["id"],))[0], owner
             )
 
+    def is_active(self, key_id: str) -> bool:
+        """Whether the key still exists and is not revoked (open sessions ask every few
+        seconds; one indexed lookup)."""
+        rows = self._db.query("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
+        return bool(rows) and rows[0]["revoked_at"] is None
+
     def authenticate(self, token: str) -> ApiKey | None:
         """The active key this token is, or None."""
         if not token.startswith(KEY_PREFIX):
