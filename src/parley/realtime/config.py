@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from parley.audio.formats import WireFormat, parse_wire_format
 from parley.config import Settings, TurnDetectionSettings
-from parley.engines.base import ToolSpec
+from parley.engines.base import ContentPart, ToolSpec
 from parley.errors import Code, ProtocolError, as_parley_error
 from parley.pipeline.options import ResponseOptions
 from parley.realtime import wire
@@ -36,6 +36,7 @@ __all__ = [
     "input_format",
     "output_format",
     "response_options",
+    "response_overrides",
     "session_object",
     "tool_choice_name",
     "tools_of",
@@ -302,6 +303,10 @@ def output_format(config: wire.SessionConfig) -> WireFormat:
     return _format(_output(config).format)
 
 
+def output_voice(config: wire.SessionConfig) -> str | wire.VoiceId | None:
+    return _output(config).voice
+
+
 def output_format_object(config: wire.SessionConfig) -> dict[str, Any]:
     fmt = _output(config).format or wire.PcmFormat(type="audio/pcm")
     return fmt.model_dump(mode="json")
@@ -376,3 +381,46 @@ def response_options(config: wire.SessionConfig) -> ResponseOptions:
         voice=voice_name(out.voice),
         speed=float(out.speed or 1.0),
     )
+
+
+PromptRenderer = Callable[[wire.PromptConfig, str | None], str | tuple[ContentPart, ...]]
+
+
+def response_overrides(
+    config: wire.SessionConfig,
+    d: SessionDefaults,
+    ev: wire.ResponseCreateEvent,
+    render_prompt: PromptRenderer,
+) -> tuple[ResponseOptions, dict[str, str] | None]:
+    """A ``response.create``'s options (the session's, overridden by what it sent) and
+    metadata, or :class:`ProtocolError`."""
+    options = response_options(config)
+    params = ev.response
+    if params is None:
+        return options, None
+    if params.conversation == "none" or params.input is not None:
+        raise ProtocolError(
+            "out-of-band responses (conversation: none, input) are not supported yet",
+            param="response.conversation" if params.conversation == "none" else "response.input",
+            code=Code.UNSUPPORTED_PARAMETER,
+            event_id=ev.event_id,
+        )
+    changes: dict[str, Any] = {}
+    if params.output_modalities is not None:
+        changes["audio"] = params.output_modalities == ["audio"]
+    if params.instructions is not None:
+        changes["instructions"] = params.instructions
+    if params.prompt is not None:
+        changes["instructions"] = render_prompt(params.prompt, ev.event_id)
+    if params.tools is not None:
+        changes["tools"] = tools_of(params.tools)
+    if params.tool_choice is not None:
+        changes["tool_choice"] = tool_choice_name(params.tool_choice)
+    if params.max_output_tokens is not None:
+        limit = params.max_output_tokens
+        changes["max_output_tokens"] = None if limit == "inf" else int(limit)
+    voice = params.audio.output.voice if params.audio and params.audio.output else None
+    if voice is not None:
+        check_voice(voice, d, "response.audio.output.voice", ev.event_id)
+        changes["voice"] = voice_name(voice)
+    return replace(options, **changes), params.metadata

@@ -13,18 +13,22 @@ from typing import Any, Literal, assert_never
 from parley.audio.formats import WireFormat, b64decode_audio, decode_wire
 from parley.audio.frames import Frame
 from parley.engines.base import ContentPart, ImagePart, Message, TextPart, ToolCall, Usage
-from parley.errors import ClientError, Code, ProtocolError
+from parley.errors import ClientError, Code, NotFoundError, ProtocolError
 from parley.ids import new_event_id, new_id
+from parley.pipeline.history import History, Item
 from parley.realtime import wire
 
 __all__ = [
+    "add_client_item",
     "assistant_item",
+    "check_truncate",
     "event",
     "from_client",
     "function_call_item",
     "function_output_item",
     "response_object",
     "set_item_text",
+    "shown",
     "system_item",
     "usage_object",
     "user_item",
@@ -233,3 +237,71 @@ def from_client(
             )
         case _:
             assert_never(item)
+
+
+def shown(history: History, item_id: str, event_id: str | None) -> Item:
+    """An item the client has been shown, or ``item_not_found``."""
+    item = history.get(item_id)
+    if item is None or item.view is None:
+        raise NotFoundError(
+            f"Item with item_id not found: {item_id}",
+            param="item_id",
+            code=Code.ITEM_NOT_FOUND,
+            event_id=event_id,
+        )
+    return item
+
+
+def add_client_item(
+    history: History,
+    ev: wire.ConversationItemCreateEvent,
+    *,
+    vision: bool,
+    input_format: WireFormat,
+) -> tuple[list[dict[str, Any]], Frame | None]:
+    """Put a client's item in the conversation: its events, and its audio still to recognise."""
+    item_id = ev.item.id or new_id("item")
+    if history.get(item_id) is not None:
+        raise ProtocolError(
+            f"an item with id {item_id} already exists",
+            param="item.id",
+            code=Code.INVALID_VALUE,
+            event_id=ev.event_id,
+        )
+    after = ev.previous_item_id
+    if after is not None and after != "root":
+        shown(history, after, ev.event_id)  # it must exist
+    message, view, audio = from_client(
+        ev.item, item_id, vision=vision, input_format=input_format, event_id=ev.event_id
+    )
+    item = history.add(message, item_id=item_id, after=None if after == "root" else after)
+    if after == "root":
+        history.move_to_front(item_id)
+    item.view = view
+    previous = history.previous_shown(item_id)
+    return [
+        event("conversation.item.added", previous_item_id=previous, item=view),
+        event("conversation.item.done", previous_item_id=previous, item=view),
+    ], audio
+
+
+def check_truncate(
+    history: History, ev: wire.ConversationItemTruncateEvent, audio_ms: float | None
+) -> None:
+    """A ``conversation.item.truncate`` the session can carry out, or :class:`ProtocolError`
+    (``audio_ms``: how much audio the item has, when known)."""
+    item = shown(history, ev.item_id, ev.event_id)
+    if item.view is None or item.view.get("role") != "assistant":
+        raise ProtocolError(
+            "only assistant messages can be truncated",
+            param="item_id",
+            code=Code.INVALID_VALUE,
+            event_id=ev.event_id,
+        )
+    if audio_ms is not None and ev.audio_end_ms > audio_ms + 1:
+        raise ProtocolError(
+            f"audio_end_ms ({ev.audio_end_ms}) is beyond the item's audio ({int(audio_ms)} ms)",
+            param="audio_end_ms",
+            code=Code.INVALID_VALUE,
+            event_id=ev.event_id,
+        )

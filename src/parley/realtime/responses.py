@@ -34,6 +34,7 @@ from parley.audio.frames import Frame
 from parley.engines.base import Usage
 from parley.errors import ParleyError, error_body
 from parley.pipeline.options import ResponseOptions
+from parley.pipeline.timeline import TurnTimeline
 from parley.realtime.items import (
     assistant_item,
     function_call_item,
@@ -275,4 +276,18 @@ class ActiveResponse:
                 reason=reason,
                 error=error_body(error) if error is not None else None,
             ),
+        )
+
+    def timeline_event(
+        self, event: Event, status: Status, timeline: TurnTimeline
+    ) -> dict[str, Any]:
+        """parley's extension: the turn's latency timeline (``?parley_timeline=1``)."""
+        return event(
+            "parley.turn.timeline",
+            response_id=self.id,
+            item_id=self.item_id,
+            status=status,
+            audio_ms=round(self.audio_ms, 1),
+            **timeline.to_dict(),
+            _first_audio_out_ns=timeline.marks.get("first_audio_out"),
         )

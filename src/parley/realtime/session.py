@@ -22,10 +22,9 @@ Beta clients get the same session; their events are renamed on the way in and ou
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
 from pydantic import ValidationError
@@ -58,7 +57,7 @@ from parley.pipeline.events import (
     TranscriptFinal,
     TranscriptPartial,
 )
-from parley.pipeline.history import History, Item
+from parley.pipeline.history import History
 from parley.pipeline.options import ResponseOptions
 from parley.realtime import config as cfg
 from parley.realtime import wire
@@ -75,7 +74,8 @@ from parley.realtime.commands import (
     TranscribeItem,
     Truncate,
 )
-from parley.realtime.items import event, from_client, set_item_text, user_item
+from parley.realtime.inputs import Inputs
+from parley.realtime.items import add_client_item, check_truncate, event, set_item_text, shown
 from parley.realtime.responses import ActiveResponse, Phase, Trigger
 
 __all__ = ["Output", "PromptResolver", "RealtimeSession"]
@@ -139,14 +139,8 @@ class RealtimeSession:
         self._response: ActiveResponse | None = None
         # A turn that ended while a response was still playing (interrupt_response off).
         self._queued_turn: str | None = None
-        self._transcribing: set[str] = set()  # committed user items awaiting their transcript
-        self._claimed: set[str] = set()  # ...that a client's response.create already answers
-        self._partials: dict[str, str] = {}
-        self._audio_s: dict[str, float] = {}  # committed item -> seconds of audio
+        self.inputs = Inputs(history)
         self._spoken_ms: dict[str, float] = {}  # assistant item -> milliseconds of its audio
-        self._input_ms = 0.0
-        self._buffer_ms = 0.0
-        self._idle_deadline_ms: float | None = None
 
     # --- views -------------------------------------------------------------------------------
 
@@ -205,7 +199,7 @@ class RealtimeSession:
         except Exception as exc:  # the session must survive any one message
             error = as_parley_error(exc)
             if not isinstance(exc, ParleyError | ValidationError):
-                log.exception("session %s: %s failed", self.id, _kind_of(raw))
+                log.exception("session %s: %s failed", self.id, wire.event_type_of(raw))
             return Output([self.error(error, error.event_id or event_id)])
 
     def _dispatch(self, ev: wire.ClientEvent) -> Output:
@@ -221,12 +215,12 @@ class RealtimeSession:
             case wire.ConversationItemCreateEvent():
                 return self._item_create(ev)
             case wire.ConversationItemRetrieveEvent():
-                item = self._shown(ev.item_id, ev.event_id)
+                item = shown(self.history, ev.item_id, ev.event_id)
                 return Output([event("conversation.item.retrieved", item=item.view)])
             case wire.ConversationItemTruncateEvent():
                 return self._truncate(ev)
             case wire.ConversationItemDeleteEvent():
-                self._shown(ev.item_id, ev.event_id)
+                shown(self.history, ev.item_id, ev.event_id)
                 self.history.delete(ev.item_id)
                 self._spoken_ms.pop(ev.item_id, None)
                 return Output([event("conversation.item.deleted", item_id=ev.item_id)])
@@ -238,18 +232,6 @@ class RealtimeSession:
                 return Output(commands=[ClearOutput(ev.event_id)])
             case _:
                 assert_never(ev)
-
-    def _shown(self, item_id: str, event_id: str | None) -> Item:
-        """An item the client has been shown, or ``item_not_found``."""
-        item = self.history.get(item_id)
-        if item is None or item.view is None:
-            raise NotFoundError(
-                f"Item with item_id not found: {item_id}",
-                param="item_id",
-                code=Code.ITEM_NOT_FOUND,
-                event_id=event_id,
-            )
-        return item
 
     def _session_update(self, ev: wire.SessionUpdateEvent) -> Output:
         update = ev.session
@@ -292,84 +274,26 @@ class RealtimeSession:
             raise ProtocolError(
                 exc.message, param="audio", code=exc.code, event_id=ev.event_id
             ) from exc
-        self._input_ms += frame.duration_ms
-        self._buffer_ms += frame.duration_ms
         out = Output(commands=[PushAudio(frame)])
-        deadline = self._idle_deadline_ms
-        if deadline is not None and self._input_ms >= deadline and self.phase is Phase.IDLE:
-            out.extend(self._idle_timeout())
+        if self.inputs.appended(frame.duration_ms) and self.phase is Phase.IDLE:
+            # The caller stayed silent past idle_timeout_ms: an empty user turn, then a reply.
+            out.events.append(self.inputs.timed_out())
+            out.extend(self._create(cfg.response_options(self.config)))
         return out
 
-    def _idle_timeout(self) -> Output:
-        """The caller stayed silent past ``idle_timeout_ms``: an empty user turn, then a reply."""
-        self._idle_deadline_ms = None
-        item = self.history.add(Message("user", ""))
-        item.view = user_item(item.id, [])
-        end = int(self._input_ms)
-        timeout = event(
-            "input_audio_buffer.timeout_triggered",
-            item_id=item.id,
-            audio_start_ms=max(int(end - self._buffer_ms), 0),
-            audio_end_ms=end,
-        )
-        return Output([timeout]).extend(self._create(cfg.response_options(self.config)))
-
     def _item_create(self, ev: wire.ConversationItemCreateEvent) -> Output:
-        item_id = ev.item.id or new_id("item")
-        if self.history.get(item_id) is not None:
-            raise ProtocolError(
-                f"an item with id {item_id} already exists",
-                param="item.id",
-                code=Code.INVALID_VALUE,
-                event_id=ev.event_id,
-            )
-        after = ev.previous_item_id
-        if after is not None and after != "root":
-            self._shown(after, ev.event_id)  # it must exist
-        message, view, audio = from_client(
-            ev.item,
-            item_id,
-            vision=self.vision,
-            input_format=self.input_format,
-            event_id=ev.event_id,
+        events, audio = add_client_item(
+            self.history, ev, vision=self.vision, input_format=self.input_format
         )
-        item = self.history.add(message, item_id=item_id, after=None if after == "root" else after)
-        if after == "root":
-            self.history.move_to_front(item_id)
-        item.view = view
-        previous = self.history.previous_shown(item_id)
-        commands: list[Command] = []
-        if audio is not None:
-            # Recognised in the background: a response.create meanwhile waits for it.
-            commands.append(TranscribeItem(item_id, audio, ev.event_id))
-            self._transcribing.add(item_id)
-            self._claimed.add(item_id)
-        return Output(
-            [
-                event("conversation.item.added", previous_item_id=previous, item=view),
-                event("conversation.item.done", previous_item_id=previous, item=view),
-            ],
-            commands,
-        )
+        if audio is None:
+            return Output(events)
+        # Recognised in the background: a response.create meanwhile waits for it.
+        item_id = events[0]["item"]["id"]
+        self.inputs.awaiting(item_id)
+        return Output(events, [TranscribeItem(item_id, audio, ev.event_id)])
 
     def _truncate(self, ev: wire.ConversationItemTruncateEvent) -> Output:
-        item = self._shown(ev.item_id, ev.event_id)
-        assert item.view is not None
-        if item.view.get("role") != "assistant":
-            raise ProtocolError(
-                "only assistant messages can be truncated",
-                param="item_id",
-                code=Code.INVALID_VALUE,
-                event_id=ev.event_id,
-            )
-        audio_ms = self._spoken_ms.get(ev.item_id)
-        if audio_ms is not None and ev.audio_end_ms > audio_ms + 1:
-            raise ProtocolError(
-                f"audio_end_ms ({ev.audio_end_ms}) is beyond the item's audio ({int(audio_ms)} ms)",
-                param="audio_end_ms",
-                code=Code.INVALID_VALUE,
-                event_id=ev.event_id,
-            )
+        check_truncate(self.history, ev, self._spoken_ms.get(ev.item_id))
         return Output(commands=[Truncate(ev.item_id, ev.audio_end_ms, ev.event_id)])
 
     # --- responses: create and cancel ---------------------------------------------------------
@@ -389,45 +313,11 @@ class RealtimeSession:
                 code=Code.CONVERSATION_ALREADY_HAS_ACTIVE_RESPONSE,
                 event_id=ev.event_id,
             )
-        options, metadata = self._response_params(ev)
-        self._claimed |= self._transcribing
+        options, metadata = cfg.response_overrides(
+            self.config, self.defaults, ev, self._resolve_prompt
+        )
+        self.inputs.claimed |= self.inputs.transcribing
         return self._create(options, metadata=metadata, event_id=ev.event_id)
-
-    def _response_params(
-        self, ev: wire.ResponseCreateEvent
-    ) -> tuple[ResponseOptions, dict[str, str] | None]:
-        options = cfg.response_options(self.config)
-        params = ev.response
-        if params is None:
-            return options, None
-        if params.conversation == "none" or params.input is not None:
-            raise ProtocolError(
-                "out-of-band responses (conversation: none, input) are not supported yet",
-                param="response.conversation"
-                if params.conversation == "none"
-                else "response.input",
-                code=Code.UNSUPPORTED_PARAMETER,
-                event_id=ev.event_id,
-            )
-        changes: dict[str, Any] = {}
-        if params.output_modalities is not None:
-            changes["audio"] = params.output_modalities == ["audio"]
-        if params.instructions is not None:
-            changes["instructions"] = params.instructions
-        if params.prompt is not None:
-            changes["instructions"] = self._resolve_prompt(params.prompt, ev.event_id)
-        if params.tools is not None:
-            changes["tools"] = cfg.tools_of(params.tools)
-        if params.tool_choice is not None:
-            changes["tool_choice"] = cfg.tool_choice_name(params.tool_choice)
-        if params.max_output_tokens is not None:
-            limit = params.max_output_tokens
-            changes["max_output_tokens"] = None if limit == "inf" else int(limit)
-        voice = params.audio.output.voice if params.audio and params.audio.output else None
-        if voice is not None:
-            cfg.check_voice(voice, self.defaults, "response.audio.output.voice", ev.event_id)
-            changes["voice"] = cfg.voice_name(voice)
-        return replace(options, **changes), params.metadata
 
     def _create(
         self,
@@ -439,16 +329,13 @@ class RealtimeSession:
     ) -> Output:
         """IDLE -> TRANSCRIBING or GENERATING: ``response.created``, and the pipeline starts it
         once no committed turn is still being transcribed."""
-        out_cfg = (self.config.audio.output if self.config.audio else None) or (
-            wire.AudioOutputConfig()
-        )
         limit = self.config.max_output_tokens
         resp = ActiveResponse(
             id=new_id("resp"),
             item_id=new_id("item"),
             options=options,
             conversation_id=self.conversation_id,
-            voice=options.voice or cfg.voice_name(out_cfg.voice),
+            voice=options.voice or cfg.voice_name(cfg.output_voice(self.config)),
             output_format=self.output_format,
             format_object=cfg.output_format_object(self.config),
             max_output_tokens="inf" if limit is None else limit,
@@ -456,10 +343,10 @@ class RealtimeSession:
             turn_id=turn_id,
         )
         self._response = resp
-        self._idle_deadline_ms = None
+        self.inputs.idle_deadline_ms = None
         out = Output([resp.created(event)])
-        if self._transcribing:
-            resp.waiting = set(self._transcribing)
+        if self.inputs.transcribing:
+            resp.waiting = set(self.inputs.transcribing)
             resp.move(Trigger.CREATE_WAITING)
             return out
         resp.move(Trigger.CREATE)
@@ -523,21 +410,9 @@ class RealtimeSession:
         out.events.append(resp.done(event, status, reason=reason, usage=usage, error=error))
         out.events.append(event("rate_limits.updated", rate_limits=self._rate_limits()))
         if self.timeline and done is not None:
-            out.events.append(
-                event(
-                    "parley.turn.timeline",
-                    response_id=resp.id,
-                    item_id=resp.item_id,
-                    status=status,
-                    audio_ms=round(resp.audio_ms, 1),
-                    **done.timeline.to_dict(),
-                    _first_audio_out_ns=done.timeline.marks.get("first_audio_out"),
-                )
-            )
-        idle = cfg.idle_timeout_ms(self.config)
-        if status == "completed" and idle and done is not None:
-            self._idle_deadline_ms = self._input_ms + done.audio_ms + idle
-            self._buffer_ms = 0.0
+            out.events.append(resp.timeline_event(event, status, done.timeline))
+        if status == "completed" and done is not None:
+            self.inputs.replied(done.audio_ms, cfg.idle_timeout_ms(self.config))
         if self._queued_turn is not None:
             turn, self._queued_turn = self._queued_turn, None
             out.extend(self._create(cfg.response_options(self.config), turn_id=turn))
@@ -549,7 +424,7 @@ class RealtimeSession:
         """What the client hears once the pipeline carried out ``command``."""
         match command:
             case ClearInput():
-                self._buffer_ms = 0.0
+                self.inputs.buffer_ms = 0.0
                 return Output([event("input_audio_buffer.cleared")])
             case Truncate(item_id=item_id, audio_end_ms=ms):
                 item = self.history.get(item_id)
@@ -609,35 +484,18 @@ class RealtimeSession:
         """A pipeline event in; the server events it means out."""
         match ev:
             case SpeechStarted(item_id=item_id, audio_start_ms=start):
-                self._idle_deadline_ms = None
-                out = Output(
-                    [
-                        event(
-                            "input_audio_buffer.speech_started",
-                            item_id=item_id,
-                            audio_start_ms=int(start),
-                        )
-                    ]
-                )
+                out = Output([self.inputs.speech_started(item_id, start)])
                 td = cfg.turn_detection(self.config, self.defaults)
                 resp = self._response
                 if resp is not None and resp.phase is Phase.TRANSCRIBING and td.interrupt_response:
                     out.extend(self._cancel(resp, "turn_detected"))
                 return out
             case SpeechStopped(item_id=item_id, audio_end_ms=end):
-                return Output(
-                    [
-                        event(
-                            "input_audio_buffer.speech_stopped",
-                            item_id=item_id,
-                            audio_end_ms=int(end),
-                        )
-                    ]
-                )
-            case InputCommitted():
-                return self._committed(ev)
+                return Output([self.inputs.speech_stopped(item_id, end)])
+            case InputCommitted(item_id=item_id, audio_ms=audio_ms):
+                return Output(self.inputs.committed(item_id, audio_ms))
             case TranscriptPartial(item_id=item_id, text=text):
-                return self._transcript_delta(item_id, text)
+                return Output(self.inputs.partial(item_id, text, cfg.transcription_on(self.config)))
             case TranscriptFinal():
                 return self._transcribed(ev.turn_id, ev.item_id, ev.text, None)
             case StageError(stage="asr", item_id=item_id) if item_id is not None:
@@ -706,40 +564,6 @@ class RealtimeSession:
             item.view = done
         return Output(list(events))
 
-    def _committed(self, ev: InputCommitted) -> Output:
-        self._buffer_ms = 0.0
-        item = self.history.get(ev.item_id)
-        if item is None:  # the pipeline adds the item at commit; a test double may not
-            item = self.history.add(Message("user", ""), item_id=ev.item_id)
-        item.view = user_item(ev.item_id, [{"type": "input_audio", "transcript": None}])
-        self._transcribing.add(ev.item_id)
-        self._audio_s[ev.item_id] = ev.audio_ms / 1000
-        previous = self.history.previous_shown(ev.item_id)
-        return Output(
-            [
-                event(
-                    "input_audio_buffer.committed", item_id=ev.item_id, previous_item_id=previous
-                ),
-                event("conversation.item.added", item=item.view, previous_item_id=previous),
-            ]
-        )
-
-    def _transcript_delta(self, item_id: str, text: str) -> Output:
-        before = self._partials.get(item_id, "")
-        self._partials[item_id] = text
-        if not cfg.transcription_on(self.config) or not text.startswith(before) or text == before:
-            return Output()  # deltas only ever append; a revised hypothesis waits for the final
-        return Output(
-            [
-                event(
-                    "conversation.item.input_audio_transcription.delta",
-                    item_id=item_id,
-                    content_index=0,
-                    delta=text[len(before) :],
-                )
-            ]
-        )
-
     def _transcribed(
         self,
         turn_id: str | None,
@@ -749,51 +573,16 @@ class RealtimeSession:
         *,
         announce: bool = True,
     ) -> Output:
-        """A user item's transcript is in (``text``), or its recognition failed. A committed
-        turn's item is done now (``announce``); a client's audio item was done when created."""
-        self._partials.pop(item_id, None)
-        self._transcribing.discard(item_id)
-        claimed = item_id in self._claimed
-        self._claimed.discard(item_id)
-        audio_s = self._audio_s.pop(item_id, 0.0)
-        item = self.history.get(item_id)
-        out = Output()
-        transcription = cfg.transcription_on(self.config)
-        if error is not None:
-            if transcription:
-                body = {k: v for k, v in self.error(error)["error"].items() if k != "event_id"}
-                out.events.append(
-                    event(
-                        "conversation.item.input_audio_transcription.failed",
-                        item_id=item_id,
-                        content_index=0,
-                        error=body,
-                    )
-                )
-            else:
-                out.events.append(self.error(error))
-        elif item is not None and item.view is not None:
-            for part in item.view["content"]:
-                if part["type"] == "input_audio" and part["transcript"] is None:
-                    part["transcript"] = text
-            if transcription:
-                out.events.append(
-                    event(
-                        "conversation.item.input_audio_transcription.completed",
-                        item_id=item_id,
-                        content_index=0,
-                        transcript=text,
-                        usage={"type": "duration", "seconds": round(audio_s, 3)},
-                    )
-                )
-            if announce:
-                out.events.append(
-                    event(
-                        "conversation.item.done",
-                        item=item.view,
-                        previous_item_id=self.history.previous_shown(item_id),
-                    )
-                )
+        """A user item's transcript is in, or its recognition failed: tell the client, then
+        start the response that waited for it, or answer the turn (server_vad)."""
+        heard = self.inputs.transcribed(
+            item_id,
+            text,
+            error,
+            transcription=cfg.transcription_on(self.config),
+            announce=announce,
+        )
+        out = Output(heard.events)
         resp = self._response
         if resp is not None and resp.phase is Phase.TRANSCRIBING and item_id in resp.waiting:
             resp.waiting.discard(item_id)
@@ -807,18 +596,9 @@ class RealtimeSession:
                 )
             return out
         td = cfg.turn_detection(self.config, self.defaults)
-        if error is None and text and td.create_response and not claimed:
+        if error is None and text and td.create_response and not heard.claimed:
             if resp is None:
                 out.extend(self._create(cfg.response_options(self.config), turn_id=turn_id))
             elif resp.phase in (Phase.GENERATING, Phase.CANCELLING):
                 self._queued_turn = turn_id  # answered when the current response is done
         return out
-
-
-def _kind_of(raw: str | bytes) -> str:
-    """The ``type`` of a raw client message, for a log line (never the whole message)."""
-    try:
-        kind = json.loads(raw).get("type")
-    except (ValueError, AttributeError, RecursionError):
-        return "a message"
-    return str(kind)[:64] if kind is not None else "a message"

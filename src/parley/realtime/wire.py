@@ -84,6 +84,7 @@ __all__ = [
     "VoiceId",
     "audio_format",
     "error_event",
+    "event_type_of",
     "new_event_id",
     "new_id",
     "parse_client_event",
@@ -548,6 +549,15 @@ def parse_client_event(raw: str | bytes, *, beta: bool = False) -> ClientEvent:
     if beta:
         data = client_event_from_beta(data)
     return _validate(data, event_id)
+
+
+def event_type_of(raw: str | bytes) -> str:
+    """The ``type`` of a raw client message, for a log line (never the whole message)."""
+    try:
+        kind = json.loads(raw).get("type")
+    except (ValueError, AttributeError, RecursionError):
+        return "a message"
+    return str(kind)[:64] if kind is not None else "a message"
 
 
 def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
