@@ -20,7 +20,6 @@ format) and does not decide what an event means.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,6 +28,7 @@ from parley.audio.formats import WireFormat, parse_wire_format
 from parley.errors import Code, ProtocolError, error_event
 from parley.ids import new_event_id, new_id
 from parley.realtime.beta import client_event_from_beta
+from parley.realtime.validation import kind_of, protocol_error, show
 
 __all__ = [
     "CLIENT_EVENT_TYPES",
@@ -542,7 +542,7 @@ def parse_client_event(raw: str | bytes, *, beta: bool = False) -> ClientEvent:
         ) from None
     if not isinstance(data, dict):
         raise ProtocolError(
-            f"Expected an event object, but got {_kind(data)} instead.", code=Code.INVALID_EVENT
+            f"Expected an event object, but got {kind_of(data)} instead.", code=Code.INVALID_EVENT
         )
     raw_id = data.get("event_id")
     event_id = raw_id if isinstance(raw_id, str) else None
@@ -568,7 +568,7 @@ def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
     kind = data["type"]
     if not isinstance(kind, str):
         raise ProtocolError(
-            f"Invalid type for 'type': expected a string, but got {_kind(kind)} instead.",
+            f"Invalid type for 'type': expected a string, but got {kind_of(kind)} instead.",
             code=Code.INVALID_TYPE,
             param="type",
             event_id=event_id,
@@ -576,7 +576,7 @@ def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
     if kind not in CLIENT_EVENT_TYPES:
         supported = ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
         raise ProtocolError(
-            f"Invalid value: {_show(kind)}. Supported values are: {supported}.",
+            f"Invalid value: {show(kind)}. Supported values are: {supported}.",
             code=Code.INVALID_VALUE,
             param="type",
             event_id=event_id,
@@ -584,136 +584,4 @@ def _validate(data: dict[str, Any], event_id: str | None) -> ClientEvent:
     try:
         return _CLIENT_EVENTS.validate_python(data)
     except ValidationError as exc:
-        raise _protocol_error(exc, data, event_id) from None
-
-
-# --------------------------------------------------------------------------- validation errors
-
-_TYPE_ERRORS = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "bool_type": "a boolean",
-    "list_type": "an array",
-    "dict_type": "an object",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-}
-
-
-def _kind(value: object) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case int():
-            return "an integer"
-        case float():
-            return "a number"
-        case str():
-            return "a string"
-        case list():
-            return "an array"
-        case dict():
-            return "an object"
-        case _:
-            return type(value).__name__
-
-
-def _show(value: object) -> str:
-    """A short JSON rendering of a client's value, never a 15 MiB echo."""
-    text = f"'{value[:61]}'" if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _path(loc: Sequence[int | str], data: object, *, missing: bool) -> list[int | str]:
-    """A pydantic error location cut to the client's own keys and indexes.
-
-    Union branches add labels (a tag such as ``server_vad``, or ``int``) that name no field of
-    the input; walking the input alongside drops them. With ``missing`` the last segment is a
-    key the client left out.
-    """
-    path: list[int | str] = []
-    node = data
-    last = len(loc) - 1
-    for i, seg in enumerate(loc):
-        if isinstance(seg, str) and isinstance(node, Mapping):
-            if seg in node:
-                node = node[seg]
-            elif missing and i == last:
-                node = None
-            else:
-                continue
-        elif isinstance(seg, int) and isinstance(node, list) and 0 <= seg < len(node):
-            node = node[seg]
-        else:
-            continue
-        path.append(seg)
-    return path
-
-
-def _dotted(path: Sequence[int | str]) -> str:
-    out = ""
-    for seg in path:
-        out += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if out else seg)
-    return out
-
-
-def _protocol_error(exc: ValidationError, data: object, event_id: str | None) -> ProtocolError:
-    errors = exc.errors(include_url=False, include_context=True)
-    located = [(_path(e["loc"], data, missing=e["type"] == "missing"), e) for e in errors]
-    # Of a union's branch errors, the deepest is the one the client was closest to.
-    deepest = max(len(p) for p, _ in located)
-    path, first = next((p, e) for p, e in located if len(p) == deepest)
-    same = [e for p, e in located if p == path]
-    param = _dotted(path)
-    ctx = first.get("ctx") or {}
-
-    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        field = str(ctx.get("discriminator", "type")).strip("'")
-        param = _dotted([*path, field])
-        if first["type"] == "union_tag_not_found":
-            return ProtocolError(
-                f"Missing required parameter: '{param}'.",
-                code=Code.MISSING_REQUIRED_PARAMETER,
-                param=param,
-                event_id=event_id,
-            )
-        return ProtocolError(
-            f"Invalid value: {_show(ctx.get('tag'))}. Supported values are: "
-            f"{ctx.get('expected_tags')}.",
-            code=Code.INVALID_VALUE,
-            param=param,
-            event_id=event_id,
-        )
-    if any(e["type"] == "missing" for e in same):
-        return ProtocolError(
-            f"Missing required parameter: '{param}'.",
-            code=Code.MISSING_REQUIRED_PARAMETER,
-            param=param,
-            event_id=event_id,
-        )
-    expected: list[str] = []
-    for e in same:
-        want = _TYPE_ERRORS.get(e["type"])
-        if want is None:
-            want = str(e["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
-        if want not in expected:
-            expected.append(want)
-    alternatives = " or ".join(expected)
-    value = first["input"]
-    if all(e["type"] in _TYPE_ERRORS for e in same):
-        return ProtocolError(
-            f"Invalid type for '{param}': expected {alternatives}, but got {_kind(value)} instead.",
-            code=Code.INVALID_TYPE,
-            param=param,
-            event_id=event_id,
-        )
-    return ProtocolError(
-        f"Invalid value for '{param}': {_show(value)}; expected {alternatives}.",
-        code=Code.INVALID_VALUE,
-        param=param,
-        event_id=event_id,
-    )
+        raise protocol_error(exc, data, event_id) from None
