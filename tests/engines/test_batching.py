@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -174,8 +175,11 @@ def test_batcher_abort_queued_and_running() -> None:
     ]
     assert drain(batcher, 5) == [["b1"]]
     assert batcher.stats.aborted == 2
-    # An aborted id is free to be used again.
+    assert (batcher.stats.batches, batcher.stats.requests) == (2, 3)
+    # An aborted id is free to be used again, and runs.
     batcher.add(req("a0", "A", at=6))
+    assert batcher.queued == 1
+    assert drain(batcher, 6) == [["a0"]]
 
 
 def test_batcher_abort_moves_the_deadline() -> None:
@@ -239,19 +243,22 @@ def test_batcher_config_rejects(max_batch_size: int, max_wait_s: float, param: s
 
 
 class FakeEngine:
-    """Echoes each payload upper-cased; can be told to fail or to hold a batch."""
+    """Echoes each payload upper-cased; can be told to fail, to hold a batch or to take time."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.batches: list[list[str]] = []
         self.fail_next = False
         self.hold: asyncio.Event | None = None
         self.started = asyncio.Event()
+        self.delay_s = delay_s
 
     async def execute(self, requests: Sequence[BatchRequest]) -> Mapping[str, object]:
         self.batches.append([r.id for r in requests])
         self.started.set()
         if self.hold is not None:
             await self.hold.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail_next:
             self.fail_next = False
             raise EngineError("boom")
@@ -269,6 +276,25 @@ async def test_runner_batches_concurrent_submits_and_routes_results() -> None:
         )
     assert results == [f"TEXT {i}" for i in range(5)]
     assert sizes == [5]
+    assert engine.batches == [[f"req_{i}" for i in range(1, 6)]]  # in the order submitted
+
+
+async def test_runner_waits_max_wait_for_a_lone_request_not_for_a_full_batch() -> None:
+    max_wait = 0.3
+    engine = FakeEngine()
+    runner = Runner(Batcher(max_batch_size=4, max_wait_s=max_wait), engine.execute)
+    async with runner:
+        started = time.monotonic()
+        assert await runner.submit("A", "alone", first=True) == "ALONE"
+        alone = time.monotonic() - started
+        started = time.monotonic()
+        full = await asyncio.gather(*(runner.submit(f"s{i}", "x", first=True) for i in range(4)))
+        full_s = time.monotonic() - started
+    assert full == ["X"] * 4
+    assert [len(b) for b in engine.batches] == [1, 4]
+    # The lone request waited for batch-mates that never came; the full batch went at once.
+    assert max_wait <= alone < max_wait + 0.25
+    assert full_s < max_wait / 2
 
 
 async def test_runner_execute_error_fails_only_that_batch() -> None:
@@ -279,6 +305,7 @@ async def test_runner_execute_error_fails_only_that_batch() -> None:
         with pytest.raises(EngineError, match="boom"):
             await runner.submit("A", "x", first=True)
         assert await runner.submit("A", "y", first=False) == "Y"
+    assert engine.batches == [["req_1"], ["req_2"]]
 
 
 async def test_runner_abort_resolves_queued_and_running_promptly() -> None:
@@ -324,17 +351,23 @@ async def test_runner_stop_fails_pending_requests() -> None:
 
 
 async def test_scheduler_starts_in_the_running_loop_and_reports_batches() -> None:
-    engine, sizes = FakeEngine(), list[int]()
+    delay = 0.05
+    engine, sizes = FakeEngine(delay_s=delay), list[int]()
     scheduler = Scheduler("fake", engine.execute, max_batch_size=4, max_wait_s=0.01)
+    assert (scheduler.overhead_s, scheduler.execute_s) == (0.0, 0.0)  # not started yet
     scheduler.observe(sizes.append)
     results = await asyncio.gather(
         *(scheduler.submit(f"s{i}", f"t{i}", first=True) for i in range(6))
     )
     assert results == [f"T{i}" for i in range(6)]
     assert sizes == [4, 2]
-    assert scheduler.stats.recent_sizes == (4, 2)
-    assert 0 < scheduler.overhead_s < 0.5  # bookkeeping only; measured in bench_neural.py
-    assert scheduler.execute_s >= 0
+    assert engine.batches == [["req_1", "req_2", "req_3", "req_4"], ["req_5", "req_6"]]
+    stats = scheduler.stats
+    assert (stats.batches, stats.requests, stats.aborted) == (2, 6, 0)
+    assert stats.recent_sizes == (4, 2)
+    # Engine time is the two executions; the scheduler's own bookkeeping is a small part of it.
+    assert 2 * delay <= scheduler.execute_s < 2 * delay + 0.5
+    assert 0 < scheduler.overhead_s < scheduler.execute_s / 4
     await scheduler.aclose()
 
 
