@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from parley.audio.frames import Frame, float32_to_int16
+from parley.audio.frames import Frame, float32_to_int16, int16_to_float32
 from parley.audio.resample import resample
 from parley.config import ASRSettings
 from parley.engines.base import ASR, Transcript
@@ -130,6 +130,23 @@ class _Gate:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"only {self.submitted} submitted")
+
+
+class _Spy:
+    """Records the windows of each batch the engine decodes: (kind, 16 kHz float samples)."""
+
+    def __init__(self, asr: WhisperASR, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.batches: list[list[tuple[str, np.ndarray]]] = []
+        decode = asr._decode_batch
+
+        def spied(windows: Sequence[Any]) -> list[str]:
+            self.batches.append([(w.kind, w.samples.copy()) for w in windows])
+            return decode(windows)
+
+        monkeypatch.setattr(asr, "_decode_batch", spied)
+
+    def windows(self, kind: str) -> list[np.ndarray]:
+        return [samples for batch in self.batches for k, samples in batch if k == kind]
 
 
 @pytest.fixture
@@ -291,8 +308,11 @@ async def test_whisper_transcribe_returns_a_final(make: Callable[..., WhisperASR
     assert isinstance(result.text, str) and result.text
     assert result.words == ()
     assert result.language == "en"
-    # Deterministic: the same audio gives the same text.
+    assert asr.scheduler.stats.recent_sizes == (1,)  # 2 s: one window, one request
+    # Deterministic: the same audio gives the same text; other audio, another.
     assert (await asr.transcribe(_noise(2.0, 1))).text == result.text
+    assert (await asr.transcribe(_noise(2.0, 2))).text != result.text
+    assert asr.scheduler.stats.recent_sizes == (1, 1, 1)
 
 
 async def test_whisper_transcribe_empty_or_too_short_audio(
@@ -301,7 +321,12 @@ async def test_whisper_transcribe_empty_or_too_short_audio(
     asr = make()
     for audio in (Frame.silence(0, 16000), Frame.silence(50, 16000)):
         assert await asr.transcribe(audio) == Transcript("", True, language="en")
+    # Below 100 ms nothing is decoded; from 100 ms on, the audio is.
+    short = Frame(_noise(0.1, 1).samples[:1599], 16000)
+    assert await asr.transcribe(short) == Transcript("", True, language="en")
     assert asr.scheduler.stats.requests == 0
+    await asr.transcribe(_noise(0.1, 1))
+    assert asr.scheduler.stats.requests == 1
 
 
 async def test_whisper_transcribe_resamples(make: Callable[..., WhisperASR]) -> None:
@@ -358,30 +383,87 @@ async def test_whisper_stream_yields_partials_while_audio_flows(
     assert not _other_tasks()
 
 
-async def test_whisper_stream_of_real_speech_completes(make: Callable[..., WhisperASR]) -> None:
+async def test_whisper_stream_of_real_speech_completes(
+    make: Callable[..., WhisperASR], monkeypatch: pytest.MonkeyPatch
+) -> None:
     asr = make(partial_interval_ms=300)
+    spy = _Spy(asr, monkeypatch)
     clip = _clip("en_goforward_raw")
-    transcripts = [t async for t in asr.stream(_frames(clip, 20, pace_s=0.002))]
+    assert clip.sample_rate == 16000
+    # 20 ms frames at twice real time: a partial decodes well within 300 ms of audio.
+    transcripts = [t async for t in asr.stream(_frames(clip, 20, pace_s=0.01))]
     assert transcripts[-1].is_final and transcripts[-1].language == "en"
     assert all(not t.is_final for t in transcripts[:-1])
+    # One final, of the whole clip; partials of ever longer prefixes, the first of the first
+    # 300 ms and each at least 300 ms of audio after the one before.
+    (final,) = spy.windows("final")
+    np.testing.assert_array_equal(final, int16_to_float32(clip.samples))
+    lengths = [len(w) for w in spy.windows("partial")]
+    assert lengths[0] == 4800, lengths
+    assert all(b - a >= 4800 for a, b in itertools.pairwise(lengths)), lengths
+    assert len(lengths) <= len(clip) // 4800
+    for window in spy.windows("partial"):
+        np.testing.assert_array_equal(window, final[: len(window)])
+    # The final decodes the same audio as transcribe does, so it says the same.
+    assert transcripts[-1].text == (await asr.transcribe(clip)).text
 
 
-async def test_whisper_stream_resamples_other_rates(make: Callable[..., WhisperASR]) -> None:
+async def test_whisper_stream_resamples_other_rates(
+    make: Callable[..., WhisperASR], monkeypatch: pytest.MonkeyPatch
+) -> None:
     asr = make(partial_interval_ms=300)
+    spy = _Spy(asr, monkeypatch)
     clip = resample(_noise(1.0, 5), 8000)
     transcripts = [t async for t in asr.stream(_frames(clip))]
     assert transcripts[-1].is_final and transcripts[-1].text
+    # What was decoded is the clip at 16 kHz: as long, and within 2 LSB of resampling it whole.
+    (final,) = spy.windows("final")
+    whole = int16_to_float32(resample(clip, 16000).samples)
+    assert len(final) == len(whole) == 16000
+    np.testing.assert_allclose(final, whole, atol=2.5 / 32768)
+
+    tail = _noise(0.5, 7)
 
     async def mixed() -> AsyncIterator[Frame]:
         async for frame in _frames(clip):
             yield frame
-        async for frame in _frames(resample(_noise(1.0, 6), 24000)):
+        async for frame in _frames(resample(_noise(0.5, 6), 24000)):
             yield frame
-        async for frame in _frames(_noise(0.5, 7)):
+        async for frame in _frames(tail):
             yield frame
 
+    spy.batches.clear()
     transcripts = [t async for t in asr.stream(mixed())]
     assert transcripts[-1].is_final and transcripts[-1].text
+    (final,) = spy.windows("final")
+    # 1 s at 8 kHz, 0.5 s at 24 kHz and 0.5 s at 16 kHz make 2 s at 16 kHz (unresampled, the
+    # samples would add up to 1.75 s); the 8 kHz part comes first, whole.
+    assert len(final) == 32000
+    np.testing.assert_allclose(final[:16000], whole, atol=2.5 / 32768)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in WhisperASR.stream: a switch from another rate back to 16 kHz does not flush "
+    "the resampler, so the last ~10 ms of the resampled part end up after the 16 kHz audio",
+)
+async def test_whisper_stream_keeps_the_order_when_the_rate_returns_to_16k(
+    make: Callable[..., WhisperASR], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asr = make(partial_interval_ms=300)
+    spy = _Spy(asr, monkeypatch)
+    tail = _noise(0.5, 7)
+
+    async def mixed() -> AsyncIterator[Frame]:
+        async for frame in _frames(resample(_noise(0.5, 6), 24000)):
+            yield frame
+        async for frame in _frames(tail):
+            yield frame
+
+    [t async for t in asr.stream(mixed())]
+    (final,) = spy.windows("final")
+    assert len(final) == 16000
+    np.testing.assert_array_equal(final[-8000:], int16_to_float32(tail.samples))
 
 
 async def test_whisper_stream_of_nothing_gives_an_empty_final(
@@ -393,12 +475,18 @@ async def test_whisper_stream_of_nothing_gives_an_empty_final(
 
 
 async def test_whisper_stream_longer_than_30s_joins_its_windows(
-    make: Callable[..., WhisperASR],
+    make: Callable[..., WhisperASR], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asr = make(partial_interval_ms=5000)
+    spy = _Spy(asr, monkeypatch)
     first, rest = _noise(30, 6), _noise(4, 7)
     clip = Frame(np.concatenate([first.samples, rest.samples]), 16000)
     transcripts = [t async for t in asr.stream(_frames(clip, 1000))]
+    # The full 30 s window is decoded once, as it fills; the final holds only what follows it.
+    (window,) = spy.windows("window")
+    (final,) = spy.windows("final")
+    np.testing.assert_array_equal(window, int16_to_float32(first.samples))
+    np.testing.assert_array_equal(final, int16_to_float32(rest.samples))
     expected = [(await asr.transcribe(part)).text for part in (first, rest)]
     assert transcripts[-1].text == " ".join(expected)
     assert not _other_tasks()
@@ -418,14 +506,16 @@ async def test_whisper_batched_results_equal_unbatched(
     alone = make(dtype=dtype, max_batch_size=1)
     clips = [_noise(0.5 + i * 0.7, i) for i in range(6)]
     together = await asyncio.gather(*(batched.transcribe(c) for c in clips))
-    assert max(batched.scheduler.stats.recent_sizes) > 1
+    assert batched.scheduler.stats.recent_sizes == (6,)  # submitted together: one batch
     one_by_one = [await alone.transcribe(c) for c in clips]
     assert set(alone.scheduler.stats.recent_sizes) == {1}
     assert [t.text for t in together] == [t.text for t in one_by_one]
     assert len({t.text for t in together}) > 1  # the inputs are told apart
 
 
-async def test_whisper_concurrent_streams_share_batches(make: Callable[..., WhisperASR]) -> None:
+async def test_whisper_concurrent_streams_share_batches(
+    make: Callable[..., WhisperASR], monkeypatch: pytest.MonkeyPatch
+) -> None:
     asr = make(partial_interval_ms=200, max_wait_ms=20)
     alone = make(max_batch_size=1)
     clips = [_noise(1.5, 10 + i) for i in range(4)]
@@ -435,9 +525,13 @@ async def test_whisper_concurrent_streams_share_batches(make: Callable[..., Whis
     async def run(clip: Frame) -> list[Transcript]:
         return [t async for t in asr.stream(_frames(clip, pace_s=0.02))]
 
+    spy = _Spy(asr, monkeypatch)
     results = await asyncio.gather(*(run(c) for c in clips))
-    assert max(sizes) > 1
     assert asr.scheduler.stats.recent_sizes == tuple(sizes)
+    assert sum(sizes) == asr.scheduler.stats.requests == sum(map(len, spy.batches))
+    # Four streams paced alike share most batches (all four together when the machine is idle).
+    assert max(sizes) == 4 and sum(sizes) >= 2 * len(sizes), sizes
+    assert len(spy.windows("final")) == 4  # one final per stream, no more
     finals = [r[-1] for r in results]
     assert all(f.is_final for f in finals)
     assert [f.text for f in finals] == [(await alone.transcribe(c)).text for c in clips]
