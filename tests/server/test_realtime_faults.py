@@ -414,3 +414,40 @@ async def test_fault_revoked_key_ends_its_open_sessions(keyed: tuple[Server, Pat
             await c.until("never", wait_s=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert c.of("error")[-1]["error"]["code"] == "session_revoked"
+
+
+# --- defect 11: previous_item_id of a function call ------------------------------------------
+
+
+async def test_fault_function_call_names_an_item_the_client_has_seen(llm_server: Server) -> None:
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    async with raw(llm_server) as c:
+        await c.send({"type": "session.update", "session": {"type": "realtime", "tools": [tool]}})
+        await c.until("session.updated")
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "What's the weather in Paris?"}],
+                },
+            }
+        )
+        await c.send({"type": "response.create"})
+        await c.until("response.done")
+        seen: set[str] = set()
+        for event in c.events:
+            previous = event.get("previous_item_id")
+            assert previous is None or previous in seen, f"{event['type']} names {previous}"
+            if event["type"] == "conversation.item.added":
+                seen.add(event["item"]["id"])
+        (call,) = [
+            e for e in c.of("conversation.item.added") if e["item"]["type"] == "function_call"
+        ]
+        await c.send({"type": "conversation.item.retrieve", "item_id": call["previous_item_id"]})
+        assert (await c.until("conversation.item.retrieved"))["item"]["role"] == "user"
