@@ -8,6 +8,11 @@ Four kinds of engine, each a Protocol of at most three members, async iterators 
 - :class:`LLM`: a chat request -> text deltas, tool-call deltas, usage and a finish reason.
 - :class:`TTS`: text -> PCM frames as they are synthesised.
 
+An engine may also say how it is (:class:`EngineHealth`) through an optional ``health()``
+method, outside the Protocols so that engines without one need nothing: :func:`engine_health`
+reads it, and counts an engine without it as ``ok``. ``health()`` must be cheap and must not
+block: ``/healthz`` calls it on the event loop.
+
 Engines own their models; they never see sockets, sessions or wire events. An engine that does
 CPU-heavy work runs it off the event loop (``asyncio.to_thread`` or its own executor) so one
 session's compute never stalls another's I/O. Cancellation: closing an engine's async iterator
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from parley.audio.frames import Frame
+from parley.content import ContentPart, ImagePart, TextPart
 
 __all__ = [
     "ASR",
@@ -30,6 +36,7 @@ __all__ = [
     "VAD",
     "ChatRequest",
     "ContentPart",
+    "EngineHealth",
     "Finish",
     "ImagePart",
     "LLMEvent",
@@ -45,6 +52,7 @@ __all__ = [
     "VADStream",
     "Voice",
     "Word",
+    "engine_health",
     "estimate_message_tokens",
     "estimate_tokens",
 ]
@@ -78,22 +86,6 @@ class Transcript:
 
 
 # --- LLM -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TextPart:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImagePart:
-    """An image as a URL; parley passes ``data:`` URLs for images sent over the wire."""
-
-    url: str
-    detail: Literal["auto", "low", "high"] = "auto"
-
-
-ContentPart = TextPart | ImagePart
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +216,36 @@ class SpeechOptions:
     continuation: bool = False
     """A later clause of a stream that is already playing. A stream's first clause (what its
     listener is waiting to hear) goes ahead of continuations in a batched engine's queue."""
+
+
+# --- Health ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """How an engine is: ``ok``; ``degraded`` (serving, with less capacity or recovering from a
+    fault); ``down`` (cannot serve now). ``detail`` says why, for people reading ``/healthz``."""
+
+    status: Literal["ok", "degraded", "down"]
+    detail: str = ""
+
+
+_OK = EngineHealth("ok")
+
+
+def engine_health(engine: object) -> EngineHealth:
+    """``engine.health()`` where the engine has one; ``ok`` where it has none; ``degraded`` where
+    the check itself raised (``/healthz`` must still answer)."""
+    health = getattr(engine, "health", None)
+    if health is None:
+        return _OK
+    try:
+        result = health()
+    except Exception as exc:
+        return EngineHealth("degraded", f"health check failed: {type(exc).__name__}: {exc}")
+    if not isinstance(result, EngineHealth):
+        raise TypeError(f"{type(engine).__name__}.health() returned {result!r}")
+    return result
 
 
 # --- Protocols -------------------------------------------------------------------------------

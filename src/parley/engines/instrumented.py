@@ -8,7 +8,8 @@ closes the engine's at once; cancellation passes through and is never counted as
 
 What counts as one call: a VAD ``probabilities`` (one scored frame), an ASR ``stream`` or
 ``transcribe``, an LLM ``stream``, a TTS ``synthesize``. Metadata (``voices``, ``open_stream``)
-is not counted. The callbacks must be cheap and must not raise: they run on every call.
+and ``health()`` (the inner engine's, through :func:`~parley.engines.base.engine_health`) are not
+counted. The callbacks must be cheap and must not raise: they run on every call.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from parley.engines.base import (
     TTS,
     VAD,
     ChatRequest,
+    EngineHealth,
     LLMEvent,
     SpeechOptions,
     Transcript,
     VADStream,
     Voice,
+    engine_health,
 )
 from parley.engines.registry import Engines
 
@@ -104,6 +107,9 @@ class InstrumentedVAD:
         self._on_call = on_call
         self._on_error = on_error
 
+    def health(self) -> EngineHealth:
+        return engine_health(self.inner)
+
     def open_stream(self) -> VADStream:
         return InstrumentedVADStream(
             self.inner.open_stream(), self.name, self._on_call, self._on_error
@@ -119,6 +125,9 @@ class InstrumentedASR:
         self.sample_rate = inner.sample_rate
         self._on_call = on_call
         self._on_error = on_error
+
+    def health(self) -> EngineHealth:
+        return engine_health(self.inner)
 
     def stream(
         self, audio: AsyncIterable[Frame], *, language: str | None = None
@@ -150,6 +159,9 @@ class InstrumentedLLM:
         self._on_call = on_call
         self._on_error = on_error
 
+    def health(self) -> EngineHealth:
+        return engine_health(self.inner)
+
     def stream(self, request: ChatRequest) -> AsyncGenerator[LLMEvent, None]:
         return _relay(
             lambda: self.inner.stream(request), "llm", self.name, self._on_call, self._on_error
@@ -164,6 +176,9 @@ class InstrumentedTTS:
         self.name = inner.name
         self._on_call = on_call
         self._on_error = on_error
+
+    def health(self) -> EngineHealth:
+        return engine_health(self.inner)
 
     def voices(self) -> Sequence[Voice]:
         return self.inner.voices()
