@@ -393,3 +393,23 @@ def _result_json(d: Path) -> Path:
     path = d / "run.json"
     path.write_text(json.dumps({"levels": [], "config": {}}))
     return path
+
+
+def test_cli_error_of_several_lines_prints_as_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from parley.errors import EngineUnavailableError
+
+    def offline(name: str, *, directory: Path | None = None) -> Path:
+        raise EngineUnavailableError(
+            "could not fetch 'whisper:tiny.en': LocalEntryNotFoundError: Got: ConnectError\n"
+            "An error happened while trying to locate the files on the Hub."
+        )
+
+    monkeypatch.setattr("parley.models.pull", offline)
+    code, _, err = run(["models", "pull", "whisper:tiny.en"], capsys)
+    assert code == 1
+    assert err == (
+        "parley: error: could not fetch 'whisper:tiny.en': LocalEntryNotFoundError: Got: "
+        "ConnectError An error happened while trying to locate the files on the Hub.\n"
+    )

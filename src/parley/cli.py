@@ -653,6 +653,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, whatever the message holds (a library's error may span several)."""
+    print(" ".join(message.split()), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False)
@@ -662,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParleyError as exc:
         if args.debug:
             raise
-        print(f"parley: error: {exc.message}", file=sys.stderr)
+        _fail(f"parley: error: {exc.message}")
         return EXIT_USAGE if isinstance(exc, ClientError) else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
@@ -670,15 +675,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"parley: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        _fail(f"parley: error:{where} {exc.strerror or exc}")
         return EXIT_ERROR
     except Exception as exc:
         if args.debug:
             raise
-        print(
+        _fail(
             f"parley: internal error: {type(exc).__name__}: {exc} (run with --debug "
-            "for the traceback)",
-            file=sys.stderr,
+            "for the traceback)"
         )
         return EXIT_ERROR
 

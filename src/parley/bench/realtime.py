@@ -775,7 +775,8 @@ async def run_bench(
         for n, sessions in enumerate(config.levels):
             if n:
                 await asyncio.sleep(1.0)  # let the previous level's sessions wind down
-            task = progress.add_task(f"{sessions:>4} sessions", total=sessions * config.turns)
+            label = f"{sessions:>4} session" + ("" if sessions == 1 else "s")
+            task = progress.add_task(label, total=sessions * config.turns)
             level = await run_level(config, utterances, sessions, partial(progress.advance, task))
             progress.update(task, completed=sessions * config.turns)
             levels.append(level)
@@ -890,7 +891,7 @@ async def _run_realtime(args: argparse.Namespace, console: Console) -> int:
     answer = result["answer"]["max_sessions_within_slo"]
     console.print(
         f"largest level within the SLO ({result['answer']['slo']}): "
-        + (f"{answer} sessions" if answer is not None else "none")
+        + ("none" if answer is None else f"{answer} session" + ("" if answer == 1 else "s"))
     )
     for path in (args.json, args.png):
         if path is not None:

@@ -462,7 +462,8 @@ def write_png(result: Mapping[str, Any], path: Path) -> None:
         ax.set_xticks(range(1, len(keys) + 1), names, rotation=45, fontsize=8)
         ax.set_yscale("symlog", linthresh=1.0)
         plural = "" if level["sessions"] == 1 else "s"
-        ax.set_title(f"{level['sessions']} session{plural} (n={len(ok)} turns)", fontsize=10)
+        turns = "turn" if len(ok) == 1 else "turns"
+        ax.set_title(f"{level['sessions']} session{plural} (n={len(ok)} {turns})", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     boxes[0].set_ylabel("ms (symlog)")
 
