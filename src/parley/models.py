@@ -26,12 +26,12 @@ NAME                     fetched from                                 engine set
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from parley.engines.piper_voices import piper_voices_dir
 from parley.errors import ClientError, EngineUnavailableError
 
 __all__ = ["ModelRef", "piper_voices_dir", "pull", "resolve"]
@@ -61,12 +61,6 @@ def _need(module: str) -> Any:
             f"{module.split('.')[0]} is not installed: pip install 'parley[neural]' "
             "(see the README's Neural engines)"
         ) from None
-
-
-def piper_voices_dir() -> Path:
-    """Where ``parley models pull piper:VOICE`` puts voices and the ``piper`` engine looks."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "parley" / "piper"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ import numpy.typing as npt
 from parley.audio.frames import PCM16, float32_to_int16
 from parley.engines.batching import BatchRequest
 from parley.engines.device import Placement, place
+from parley.engines.piper_voices import piper_voices_dir
 from parley.engines.vits import ClauseBatchedTTS, Speakers, split_text
 from parley.errors import ConfigError, EngineError, ParleyError
 
@@ -199,8 +200,6 @@ def _normalised(wave: npt.NDArray[np.float32]) -> PCM16:
 
 def _voice_files(model: str, voices_dir: str | None) -> tuple[Path, Path]:
     """The voice's ``.onnx`` and ``.onnx.json``; ConfigError naming the pull command if absent."""
-    from parley.models import piper_voices_dir
-
     folder = Path(voices_dir).expanduser() if voices_dir else piper_voices_dir()
     path = Path(model).expanduser()
     if path.suffix != ".onnx":

@@ -29,7 +29,7 @@ from typing import Any, Literal, assert_never
 
 from pydantic import ValidationError
 
-from parley.audio.formats import WireFormat, b64decode_audio, decode_wire
+from parley.audio.formats import b64decode_audio, decode_wire
 from parley.config import Settings
 from parley.engines.base import ContentPart, Message
 from parley.errors import (
@@ -152,14 +152,6 @@ class RealtimeSession:
     def session_object(self) -> dict[str, Any]:
         return cfg.session_object(self.config, session_id=self.id, expires_at=self.expires_at)
 
-    @property
-    def input_format(self) -> WireFormat:
-        return cfg.input_format(self.config)
-
-    @property
-    def output_format(self) -> WireFormat:
-        return cfg.output_format(self.config)
-
     def encode(self, server_event: dict[str, Any]) -> dict[str, Any] | None:
         """The event as this client's protocol version names it (None: beta has no such event)."""
         if not self.beta or server_event["type"].startswith("parley."):
@@ -172,8 +164,8 @@ class RealtimeSession:
     def configure(self) -> Configure:
         """The command that brings the pipeline in line with the session's configuration."""
         return Configure(
-            input_rate=self.input_format.sample_rate,
-            output_rate=self.output_format.sample_rate,
+            input_rate=cfg.input_format(self.config).sample_rate,
+            output_rate=cfg.output_format(self.config).sample_rate,
             turn_detection=cfg.turn_detection(self.config, self.defaults),
             defaults=cfg.response_options(self.config),
             instructions=self._instructions,
@@ -269,7 +261,7 @@ class RealtimeSession:
     def _append(self, ev: wire.InputAudioBufferAppendEvent) -> Output:
         data = b64decode_audio(ev.audio)
         try:
-            frame = decode_wire(data, self.input_format)
+            frame = decode_wire(data, cfg.input_format(self.config))
         except ClientError as exc:
             raise ProtocolError(
                 exc.message, param="audio", code=exc.code, event_id=ev.event_id
@@ -283,7 +275,7 @@ class RealtimeSession:
 
     def _item_create(self, ev: wire.ConversationItemCreateEvent) -> Output:
         events, audio = add_client_item(
-            self.history, ev, vision=self.vision, input_format=self.input_format
+            self.history, ev, vision=self.vision, input_format=cfg.input_format(self.config)
         )
         if audio is None:
             return Output(events)
@@ -336,7 +328,7 @@ class RealtimeSession:
             options=options,
             conversation_id=self.conversation_id,
             voice=options.voice or cfg.voice_name(cfg.output_voice(self.config)),
-            output_format=self.output_format,
+            output_format=cfg.output_format(self.config),
             format_object=cfg.output_format_object(self.config),
             max_output_tokens="inf" if limit is None else limit,
             metadata=metadata,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from parley.engines.base import ImagePart, TextPart
+from parley.content import ImagePart, TextPart
 from parley.errors import ClientError, Code, ConfigError
 from parley.store.sqlite import Database
 
