@@ -161,13 +161,17 @@ async def transcribe_recording(
 class _Reader:
     """Reads the recording's blocks and resamples them for the VAD (blocking: a thread's job)."""
 
-    __slots__ = ("_blocks", "_resampler", "duration_s", "rate")
+    __slots__ = ("_blocks", "_read", "_resampler", "rate")
 
     def __init__(self, blocks: Iterator[Frame], rate: int) -> None:
         self._blocks: Iterator[Frame] | None = blocks
         self._resampler: StreamResampler | None = None
+        self._read = 0  # samples at the recording's own rate (a float sum would drift)
         self.rate = rate
-        self.duration_s = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return self._read / self._resampler.in_rate if self._resampler is not None else 0.0
 
     def next(self) -> Frame | None:
         """The next block at ``rate``; the resampler's tail once; then None."""
@@ -180,7 +184,7 @@ class _Reader:
             return Frame(tail, self.rate) if tail is not None and len(tail) else None
         if self._resampler is None:
             self._resampler = StreamResampler(block.sample_rate, self.rate)
-        self.duration_s += block.duration_s
+        self._read += len(block)
         return self._resampler.frame(block)
 
 

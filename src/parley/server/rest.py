@@ -1,23 +1,23 @@
-"""The OpenAI REST siblings of the Realtime API, as the official SDK calls them.
+"""The OpenAI REST siblings of the Realtime API, as the official SDK calls them. This module
+keeps to HTTP (parsing, limits, formats, encoding, SSE); the speech work is the pipeline's.
 
-- ``POST /v1/audio/speech``: text -> audio in mp3, opus, aac, flac, wav or pcm (24 kHz s16le).
-  The text is cut into clauses (:class:`~parley.pipeline.segmenter.ClauseSegmenter`) and each
-  clause is synthesised in turn, so the first audio leaves while the rest is still being made.
-  ``stream_format=audio`` (the default) sends the file's bytes chunked as they are encoded (see
-  :mod:`parley.audio.containers` for how each format streams: flac is sent whole at the end);
-  ``stream_format=sse`` sends ``speech.audio.delta`` events (base64 chunks of the same file) and
-  a final ``speech.audio.done`` with usage. ``model`` is accepted and ignored; ``instructions``
-  is accepted and ignored because espeak-ng cannot act it out; ``voice`` is an OpenAI voice name
-  (mapped onto espeak voices), an espeak voice, or ``{"id": ...}``. ``speed`` 0.25-4.0 maps onto
-  espeak's 80-450 words per minute, so the extremes are clamped.
+- ``POST /v1/audio/speech``: text -> audio in mp3, opus, aac, flac, wav or pcm (24 kHz s16le),
+  clause by clause (:func:`~parley.pipeline.speech.speak_text`, the conversation's TTS stage),
+  so the first audio leaves while the rest is being made. ``stream_format=audio`` (the default)
+  sends the file's bytes as they are encoded (:mod:`parley.audio.containers`: flac is sent
+  whole at the end); ``stream_format=sse`` sends ``speech.audio.delta`` events (base64 chunks of
+  the same file) and a final ``speech.audio.done`` with usage. ``model`` and ``instructions``
+  are accepted and ignored; ``voice`` is an OpenAI voice name, an engine's voice, or
+  ``{"id": ...}``; ``speed`` is 0.25-4.0.
 - ``POST /v1/audio/transcriptions``: a multipart upload (wav, flac, mp3, ogg/opus, webm, m4a,
-  aac) -> text. The recording is cut into utterances by the VAD (``find_speech``); each is
-  recognised on its own and the texts joined, with segment and word times from the file's
-  start. Formats: json, text, srt, vtt, verbose_json (segments always, words when
+  aac) -> text, decoded block by block and recognised utterance by utterance as the VAD cuts
+  it (:func:`~parley.pipeline.speech.transcribe_recording`): memory never holds the recording.
+  Formats: json, text, srt, vtt, verbose_json (segments always, words when
   ``timestamp_granularities[]`` has ``word``); ``stream=true`` sends a
   ``transcript.text.delta`` per utterance as it is recognised, then ``transcript.text.done``.
-  No speech gives empty text, not an error. ``prompt`` and ``temperature`` are accepted and
-  ignored (the recogniser takes neither).
+  No speech gives empty text; ``prompt`` and ``temperature`` are ignored; a file that does not
+  decode is a 400 about ``file``. At most :data:`MAX_TRANSCRIPTIONS` run at once; one more waits
+  :data:`TRANSCRIPTION_WAIT_S` for a turn, then gets a 503 with ``Retry-After``, never a hang.
 - ``POST /v1/chat/completions``: served by the configured LLM engine, streamed or not, with
   tools, tool_choice, images (refused with 400 when the engine has no vision) and usage; the
   wire objects are built in :mod:`parley.server.chat`.
@@ -28,7 +28,8 @@ OpenAI's error shape (:mod:`parley.server.openai_errors`). Parameters OpenAI has
 not (``top_p``, ``seed``, ``response_format`` of chat, ...) are ignored rather than refused, so
 that clients written for OpenAI work unchanged. Usage is estimated where no engine counts it:
 text at ~4 characters a token, audio at :data:`AUDIO_TOKENS_PER_S`. Bodies are limited to
-:data:`MAX_BODY_BYTES` (413 past it) and recordings to :data:`MAX_AUDIO_S`.
+:data:`MAX_BODY_BYTES` and recordings to :data:`MAX_AUDIO_S` (413 past either, a recording's
+from its header or as soon as decoding passes the limit).
 
 A request is checked, and its engine started, before the response status is sent: a bad voice
 or a failing engine gets a 4xx/5xx, not a broken stream. A failure after that ends an SSE stream
@@ -45,8 +46,8 @@ import secrets
 import time
 import zlib
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, replace
+from contextlib import aclosing, closing
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,28 +59,22 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from parley.audio.containers import AudioEncoder, decode_upload, open_encoder
+from parley.audio.containers import AudioEncoder, open_encoder, open_upload
 from parley.audio.frames import Frame
-from parley.audio.resample import resample
 from parley.config import Settings
-from parley.engines.base import (
-    SpeechOptions,
-    Word,
-    estimate_message_tokens,
-    estimate_tokens,
-)
+from parley.engines.base import SpeechOptions, estimate_message_tokens, estimate_tokens
 from parley.engines.registry import Engines
 from parley.errors import (
     ClientError,
     Code,
     InputTooLargeError,
     NotFoundError,
+    OverloadedError,
     ParleyError,
     PayloadTooLargeError,
 )
 from parley.ids import new_id
-from parley.pipeline.segmenter import ClauseSegmenter
-from parley.pipeline.segments import find_speech
+from parley.pipeline.speech import Recognised, RecordingEnd, speak_text, transcribe_recording
 from parley.server.chat import ChatCompletionRequest, Completion, Reply, chat_request
 from parley.server.openai_errors import guarded, sse, sse_error
 
@@ -87,7 +82,9 @@ __all__ = [
     "AUDIO_TOKENS_PER_S",
     "MAX_AUDIO_S",
     "MAX_BODY_BYTES",
+    "MAX_TRANSCRIPTIONS",
     "SPEECH_SAMPLE_RATE",
+    "TRANSCRIPTION_WAIT_S",
     "model_ids",
     "rest_routes",
 ]
@@ -100,11 +97,13 @@ MAX_BODY_BYTES = 25 * 1024 * 1024
 """OpenAI's upload limit (25 MB); JSON bodies share it (images travel as data URLs)."""
 MAX_AUDIO_S = 1500.0
 """Longest recording transcribed (OpenAI's limit for gpt-4o-transcribe)."""
+MAX_TRANSCRIPTIONS = 4
+"""Transcriptions decoded and recognised at once. Each keeps about a core busy (decoding and the
+VAD in a worker thread, the recogniser in its own); more at once only makes all of them late."""
+TRANSCRIPTION_WAIT_S = 5.0
+"""How long a transcription beyond :data:`MAX_TRANSCRIPTIONS` waits for a turn before a 503."""
 
 _T = TypeVar("_T")
-
-# Audio kept around each utterance found by the VAD, so the recogniser hears whole words.
-_TAIL_PADDING_MS = 200
 _LANGUAGE_NAMES = {
     "en": "english",
     "de": "german",
@@ -124,9 +123,12 @@ def rest_routes(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_audio_s: float = MAX_AUDIO_S,
+    max_transcriptions: int = MAX_TRANSCRIPTIONS,
+    transcription_wait_s: float = TRANSCRIPTION_WAIT_S,
 ) -> list[BaseRoute]:
     """The REST endpoints over ``engines``, to mount at the root of the app."""
-    api = _RestAPI(settings, engines, max_body_bytes, max_audio_s, int(time.time()))
+    turns = asyncio.Semaphore(max_transcriptions)  # ValueError below 0
+    api = _RestAPI(settings, engines, max_body_bytes, max_audio_s, turns, transcription_wait_s)
     return [
         Route("/v1/audio/speech", guarded(api.speech), methods=["POST"]),
         Route("/v1/audio/transcriptions", guarded(api.transcriptions), methods=["POST"]),
@@ -185,37 +187,34 @@ class TranscriptionParams(BaseModel):
     stream: bool = False
 
 
-# --- Internal data ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Utterance:
-    """One recognised stretch of a recording; times in seconds from the file's start."""
-
-    start_s: float
-    end_s: float
-    text: str
-    words: tuple[Word, ...]
-
-
 # --- Plumbing --------------------------------------------------------------------------------
 
 
 class _Stream(StreamingResponse):
     """A streaming response that closes its generator however the response ends (Starlette
-    leaves an abandoned generator to the garbage collector, and with it a TTS or LLM job)."""
+    leaves an abandoned generator to the garbage collector, and with it a TTS or LLM job), then
+    ``owns``, the one beneath that holds the job, which a body never started cannot reach."""
 
     def __init__(
-        self, body: AsyncGenerator[bytes, None], media_type: str, headers: dict[str, str]
+        self,
+        body: AsyncGenerator[bytes, None],
+        media_type: str,
+        headers: dict[str, str],
+        owns: AsyncGenerator[Any, None] | None = None,
     ) -> None:
         super().__init__(body, media_type=media_type, headers=headers)
         self._body = body
+        self._owns = owns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._body.aclose()
+            try:
+                await self._body.aclose()
+            finally:
+                if self._owns is not None:
+                    await self._owns.aclose()
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -225,22 +224,12 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _limited(request: Request, limit: int) -> Request:
+    """``request`` whose body stops being read past ``limit`` bytes (chunked uploads too), and
+    is refused unread when its ``content-length`` says so."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _limited(request: Request, limit: int) -> Request:
-    """``request`` whose body stops being read past ``limit`` bytes (chunked uploads too)."""
     size = 0
 
     async def receive() -> ASGIMessage:
@@ -259,12 +248,19 @@ async def _first(events: AsyncGenerator[_T, None]) -> _T | None:
     """The first item of ``events`` (None when it has none), closing it if that fails, so that
     a bad voice or a failing engine is answered with a status instead of a broken stream."""
     try:
-        return await anext(events)
-    except StopAsyncIteration:
-        return None
+        return await anext(events, None)
     except BaseException:
         await events.aclose()
         raise
+
+
+async def _resumed(first: _T | None, rest: AsyncGenerator[_T, None]) -> AsyncGenerator[_T, None]:
+    """``first`` (what :func:`_first` took) then the rest of its generator, which it closes."""
+    async with aclosing(rest):
+        if first is not None:
+            yield first
+            async for item in rest:
+                yield item
 
 
 # --- The endpoints ---------------------------------------------------------------------------
@@ -276,12 +272,14 @@ class _RestAPI:
     engines: Engines
     max_body_bytes: int
     max_audio_s: float
-    created: int
+    turns: asyncio.Semaphore  # a transcription holds one throughout
+    turn_wait_s: float
+    created: int = field(default_factory=lambda: int(time.time()))
 
     # /v1/audio/speech ------------------------------------------------------------------------
 
     async def speech(self, request: Request) -> Response:
-        req = SpeechRequest.model_validate_json(await _read_body(request, self.max_body_bytes))
+        req = SpeechRequest.model_validate_json(await _limited(request, self.max_body_bytes).body())
         limit = self.settings.pipeline.max_speech_chars
         if not req.input.strip():
             raise ClientError("'input' must not be empty.", param="input")
@@ -300,42 +298,69 @@ class _RestAPI:
         except BaseException:
             encoder.abort()
             raise
-        audio = _SpeechAudio(frames, first, encoder)
+        audio = _SpeechAudio(_resumed(first, frames), encoder)
         if req.stream_format == "sse":
-            input_tokens = estimate_tokens(req.input)
-            return _Stream(audio.events(input_tokens), "text/event-stream", _SSE_HEADERS)
-        return _Stream(audio.chunks(), encoder.media_type, {"Cache-Control": "no-cache"})
+            events = audio.events(estimate_tokens(req.input))
+            return _Stream(events, "text/event-stream", _SSE_HEADERS, owns=frames)
+        return _Stream(audio.chunks(), encoder.media_type, {"Cache-Control": "no-cache"}, frames)
 
     async def _speech_frames(
         self, text: str, options: SpeechOptions
     ) -> AsyncGenerator[Frame, None]:
-        segmenter = ClauseSegmenter()
-        clauses = segmenter.push(text)
-        rest = segmenter.flush()
-        stream = new_id("speech")
-        for i, clause in enumerate([*clauses, *([rest] if rest else [])]):
-            opts = replace(options, stream=stream, continuation=i > 0)
-            async with aclosing(self.engines.tts.synthesize(clause, opts)) as frames:
-                async for frame in frames:
-                    yield frame
+        options = replace(options, stream=new_id("speech"))
+        async with aclosing(speak_text(self.engines.tts, text, options)) as spoken:
+            async for item in spoken:
+                if isinstance(item, Frame):  # the clause marks are for truncation: not here
+                    yield item
 
     # /v1/audio/transcriptions ----------------------------------------------------------------
 
     async def transcriptions(self, request: Request) -> Response:
-        upload, params = await self._read_upload(request)
-        recording = await asyncio.to_thread(
-            decode_upload,
-            upload[1],
-            name=upload[0],
-            max_duration_s=self.max_audio_s,
-        )
-        utterances = await self._find_utterances(recording)
-        language = params.language or None
+        (name, data), params = await self._read_upload(request)
+        job = self._transcribe(name, data, params.language or None)
+        # The turn, the decoder's header and first utterance come before the status, so a busy
+        # server, a bad file or a failing recogniser is an HTTP error, not a broken stream.
+        items = _resumed(await _first(job), job)
         if params.stream:
-            body = self._transcript_events(utterances, language, recording.duration_s)
-            return _Stream(body, "text/event-stream", _SSE_HEADERS)
-        pieces = [u async for u in self._recognise(utterances, language)]
-        return self._transcription(pieces, params, recording.duration_s)
+            body = self._transcript_events(items)
+            return _Stream(body, "text/event-stream", _SSE_HEADERS, owns=job)
+        *pieces, end = [item async for item in items]
+        assert isinstance(end, RecordingEnd)
+        recognised = [p for p in pieces if isinstance(p, Recognised)]
+        return self._transcription(recognised, params, end.duration_s)
+
+    async def _transcribe(
+        self, name: str, data: bytes, language: str | None
+    ) -> AsyncGenerator[Recognised | RecordingEnd, None]:
+        """The upload's utterances, then its end, in a turn (503 after ``turn_wait_s`` without)."""
+        try:
+            async with asyncio.timeout(self.turn_wait_s):
+                await self.turns.acquire()
+        except TimeoutError:
+            raise OverloadedError(
+                "The server is busy with all the transcriptions it runs at once; retry shortly."
+            ) from None
+        try:
+            upload = await asyncio.to_thread(
+                open_upload, data, name=name, max_duration_s=self.max_audio_s
+            )
+            turn = self.settings.turn_detection
+            recognised = transcribe_recording(
+                upload,
+                self.engines.vad,
+                self.engines.asr,
+                language=language,
+                threshold=turn.threshold,
+                silence_duration_ms=turn.silence_duration_ms,
+                prefix_padding_ms=turn.prefix_padding_ms,
+            )
+            # The recogniser stops (and lets a block being read finish) before the decoder goes.
+            with closing(upload):
+                async with aclosing(recognised):
+                    async for item in recognised:
+                        yield item
+        finally:
+            self.turns.release()
 
     async def _read_upload(self, request: Request) -> tuple[tuple[str, bytes], TranscriptionParams]:
         content_type = request.headers.get("content-type", "")
@@ -345,9 +370,6 @@ class _RestAPI:
                 param="file",
                 code=Code.INVALID_CONTENT_TYPE,
             )
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body_bytes:
-            raise _too_large(self.max_body_bytes)
         try:
             form = await _limited(request, self.max_body_bytes).form(
                 max_files=1, max_fields=64, max_part_size=256 * 1024
@@ -385,69 +407,27 @@ class _RestAPI:
         finally:
             await form.close()
 
-    async def _find_utterances(self, recording: Frame) -> list[tuple[Frame, float]]:
-        """The recording's utterances at the recogniser's rate, each with its start (s)."""
-        vad, asr = self.engines.vad, self.engines.asr
-        turn = self.settings.turn_detection
-        for_vad = await asyncio.to_thread(resample, recording, vad.sample_rate)
-        speech = await find_speech(
-            vad, for_vad, threshold=turn.threshold, silence_duration_ms=turn.silence_duration_ms
-        )
-        if not speech:
-            return []
-        audio = await asyncio.to_thread(resample, for_vad, asr.sample_rate)
-        rate = asr.sample_rate
-        spans: list[list[int]] = []
-        for seg in speech:
-            start = max(0, int((seg.start_ms - turn.prefix_padding_ms) * rate / 1000))
-            end = min(len(audio), math.ceil((seg.end_ms + _TAIL_PADDING_MS) * rate / 1000))
-            if spans and start <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], end)
-            elif end > start:
-                spans.append([start, end])
-        return [(Frame(audio.samples[a:b], rate), a / rate) for a, b in spans]
-
-    async def _recognise(
-        self, utterances: Sequence[tuple[Frame, float]], language: str | None
-    ) -> AsyncGenerator[_Utterance, None]:
-        for frame, offset in utterances:
-            result = await self.engines.asr.transcribe(frame, language=language)
-            text = result.text.strip()
-            if not text:
-                continue
-            words = tuple(
-                Word(w.text, round(offset + w.start_s, 3), round(offset + w.end_s, 3), w.confidence)
-                for w in result.words
-            )
-            yield _Utterance(round(offset, 3), round(offset + frame.duration_s, 3), text, words)
-
     async def _transcript_events(
-        self, utterances: Sequence[tuple[Frame, float]], language: str | None, duration_s: float
+        self, items: AsyncGenerator[Recognised | RecordingEnd, None]
     ) -> AsyncGenerator[bytes, None]:
         texts: list[str] = []
         try:
-            async with aclosing(self._recognise(utterances, language)) as pieces:
-                async for piece in pieces:
-                    delta = piece.text if not texts else " " + piece.text
-                    texts.append(piece.text)
-                    yield sse({"type": "transcript.text.delta", "delta": delta})
+            async with aclosing(items):
+                async for item in items:
+                    match item:
+                        case Recognised(text=text):
+                            delta = text if not texts else " " + text
+                            texts.append(text)
+                            yield sse({"type": "transcript.text.delta", "delta": delta})
+                        case RecordingEnd(duration_s=duration_s):
+                            yield sse(_transcript_done(" ".join(texts), duration_s))
+                        case _:
+                            assert_never(item)
         except ParleyError as exc:
             yield sse_error(exc)
-            return
-        text = " ".join(texts)
-        audio_tokens = math.ceil(duration_s * AUDIO_TOKENS_PER_S)
-        output_tokens = estimate_tokens(text)
-        usage = {
-            "type": "tokens",
-            "input_tokens": audio_tokens,
-            "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
-            "output_tokens": output_tokens,
-            "total_tokens": audio_tokens + output_tokens,
-        }
-        yield sse({"type": "transcript.text.done", "text": text, "usage": usage})
 
     def _transcription(
-        self, pieces: list[_Utterance], params: TranscriptionParams, duration_s: float
+        self, pieces: list[Recognised], params: TranscriptionParams, duration_s: float
     ) -> Response:
         text = " ".join(p.text for p in pieces)
         usage = {"type": "duration", "seconds": math.ceil(duration_s)}
@@ -483,7 +463,7 @@ class _RestAPI:
     # /v1/chat/completions --------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        raw = await _read_body(request, self.max_body_bytes)
+        raw = await _limited(request, self.max_body_bytes).body()
         req = ChatCompletionRequest.model_validate_json(raw)
         chat = chat_request(req, vision=self.engines.llm.supports_vision)
         events = self.engines.llm.stream(chat)
@@ -497,13 +477,10 @@ class _RestAPI:
         if req.stream:
             usage = req.stream_options is not None and req.stream_options.include_usage
             body = completion.chunks(events, first, include_usage=usage)
-            return _Stream(body, "text/event-stream", _SSE_HEADERS)
-        async with aclosing(events):
-            reply = Reply()
-            if first is not None:
-                reply.add(first)
-                async for event in events:
-                    reply.add(event)
+            return _Stream(body, "text/event-stream", _SSE_HEADERS, owns=events)
+        reply = Reply()
+        async for event in _resumed(first, events):
+            reply.add(event)
         return JSONResponse(completion.whole(reply))
 
     # /v1/models ------------------------------------------------------------------------------
@@ -534,20 +511,16 @@ class _SpeechAudio:
     """Synthesised frames -> encoded chunks; owns the frames generator and the encoder."""
 
     frames: AsyncGenerator[Frame, None]
-    first: Frame | None
     encoder: AudioEncoder
     samples: int = 0
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         closing = False
         try:
-            if self.first is not None:
+            async for frame in self.frames:
                 # Encoding ~100 ms of audio costs well under a millisecond: on the loop.
-                if out := self._write(self.first):
+                if out := self._write(frame):
                     yield out
-                async for frame in self.frames:
-                    if out := self._write(frame):
-                        yield out
             # A buffered format (flac) encodes the whole file here: off the loop.
             closing = True
             if out := await asyncio.to_thread(self.encoder.close):
@@ -583,14 +556,23 @@ class _SpeechAudio:
 
 
 def _timestamp(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+    t = round(seconds * 1000)  # ms
+    return f"{t // 3_600_000:02d}:{t // 60_000 % 60:02d}:{t // 1000 % 60:02d}{sep}{t % 1000:03d}"
 
 
-def _subtitles(pieces: Sequence[_Utterance], *, srt: bool) -> str:
+def _transcript_done(text: str, duration_s: float) -> dict[str, Any]:
+    audio, output = math.ceil(duration_s * AUDIO_TOKENS_PER_S), estimate_tokens(text)
+    usage = {
+        "type": "tokens",
+        "input_tokens": audio,
+        "input_token_details": {"audio_tokens": audio, "text_tokens": 0},
+        "output_tokens": output,
+        "total_tokens": audio + output,
+    }
+    return {"type": "transcript.text.done", "text": text, "usage": usage}
+
+
+def _subtitles(pieces: Sequence[Recognised], *, srt: bool) -> str:
     cues = []
     for i, p in enumerate(pieces, 1):
         sep = "," if srt else "."
@@ -600,8 +582,9 @@ def _subtitles(pieces: Sequence[_Utterance], *, srt: bool) -> str:
     return body if srt else "WEBVTT\n\n" + body
 
 
-def _segment(index: int, piece: _Utterance) -> dict[str, Any]:
+def _segment(index: int, piece: Recognised) -> dict[str, Any]:
     confidences = [w.confidence for w in piece.words if w.confidence]
+    logprob = sum(math.log(c) for c in confidences) / len(confidences) if confidences else 0.0
     raw = piece.text.encode()
     return {
         "id": index,
@@ -611,11 +594,7 @@ def _segment(index: int, piece: _Utterance) -> dict[str, Any]:
         "text": piece.text,
         "tokens": [],
         "temperature": 0.0,
-        "avg_logprob": (
-            round(sum(math.log(c) for c in confidences) / len(confidences), 4)
-            if confidences
-            else 0.0
-        ),
+        "avg_logprob": round(logprob, 4),
         "compression_ratio": round(len(raw) / len(zlib.compress(raw)), 4) if raw else 0.0,
         "no_speech_prob": 0.0,
     }
