@@ -442,11 +442,6 @@ async def test_whisper_stream_resamples_other_rates(
     np.testing.assert_allclose(final[:16000], whole, atol=2.5 / 32768)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in WhisperASR.stream: a switch from another rate back to 16 kHz does not flush "
-    "the resampler, so the last ~10 ms of the resampled part end up after the 16 kHz audio",
-)
 async def test_whisper_stream_keeps_the_order_when_the_rate_returns_to_16k(
     make: Callable[..., WhisperASR], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -348,6 +348,10 @@ class WhisperASR:
                 if frame is None:
                     break
                 samples = frame.samples
+                if frame.sample_rate == _SAMPLE_RATE and resampler is not None:
+                    # Back at 16 kHz: what the resampler still holds comes first.
+                    samples = np.concatenate([resampler.flush(), samples])
+                    resampler = None
                 if frame.sample_rate != _SAMPLE_RATE:
                     tail = None
                     if resampler is None or resampler.in_rate != frame.sample_rate:
