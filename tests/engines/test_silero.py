@@ -98,10 +98,12 @@ async def test_silero_wrong_rate_raises_bad_audio(vad: SileroVAD) -> None:
         await vad.open_stream().probabilities(Frame.silence(100, 8000))
 
 
-def test_silero_closed_stream_returns_model_to_pool() -> None:
+async def test_silero_closed_stream_returns_model_to_pool() -> None:
     vad = SileroVAD(warm=1)
     assert vad.idle == 1
     stream = vad.open_stream()
+    assert vad.idle == 1  # opening takes no model: the first audio does
+    await stream.probabilities(Frame(np.zeros(512, np.int16), 16000))
     assert vad.idle == 0
     stream.close()
     assert vad.idle == 1
@@ -109,9 +111,21 @@ def test_silero_closed_stream_returns_model_to_pool() -> None:
     assert vad.idle == 1
 
 
-def test_silero_collected_stream_returns_model_to_pool() -> None:
+async def test_silero_collected_stream_returns_model_to_pool() -> None:
     vad = SileroVAD(warm=1)
     stream = vad.open_stream()
+    await stream.probabilities(Frame(np.zeros(512, np.int16), 16000))
     assert vad.idle == 0
     del stream
+    assert vad.idle == 1
+
+
+def test_silero_opening_streams_loads_no_model() -> None:
+    # A storm of connections that send no audio must cost no model loads (~40 ms each on
+    # the event loop before) and no memory.
+    vad = SileroVAD(warm=1, max_idle=4)
+    streams = [vad.open_stream() for _ in range(200)]
+    assert vad.idle == 1
+    for stream in streams:
+        stream.close()
     assert vad.idle == 1

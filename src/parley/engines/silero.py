@@ -2,8 +2,11 @@
 
 Each session opens its own :class:`SileroStream`: the model is recurrent, so one instance must
 see one session's audio in order. Loading an instance costs ~40 ms (measured), so instances are
-kept in a small pool of idle ones and reused after a ``reset()``. A stream gives its instance
-back on :meth:`SileroStream.close` or, failing that, when it is garbage collected.
+kept in a small pool of idle ones and reused after a ``reset()``, and a stream takes its
+instance only when its first audio arrives, in a worker thread: opening a stream costs the
+event loop nothing, so a storm of connections that send no audio loads no model and stalls no
+other session. A stream gives its instance back on :meth:`SileroStream.close` or, failing that,
+when it is garbage collected.
 
 This module scores windows; it must not decide turns (that is the pipeline's job).
 """
@@ -67,15 +70,25 @@ def _load() -> _Lite:
 class SileroStream:
     """One session's VAD state: its own model instance plus the samples short of a window."""
 
-    __slots__ = ("__weakref__", "_finalizer", "_leftover", "_lock", "_model")
+    __slots__ = ("__weakref__", "_closed", "_finalizer", "_leftover", "_lock", "_model", "_pool")
 
     def __init__(self, pool: _Pool) -> None:
-        model = pool.acquire()
-        self._model: _Lite | None = model
+        self._pool = pool
+        self._model: _Lite | None = None
+        self._closed = False
         self._leftover: Float32 = np.zeros(0, np.float32)
         # Serialises the model between the loop and a worker thread scoring a large frame.
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, pool.release, model)
+        self._finalizer: weakref.finalize[..., SileroStream] | None = None
+
+    async def _acquire(self) -> _Lite:
+        model = await asyncio.to_thread(self._pool.acquire)
+        if self._closed:  # closed while loading: the instance goes straight back
+            self._pool.release(model)
+            raise RuntimeError("VAD stream is closed")
+        self._model = model
+        self._finalizer = weakref.finalize(self, self._pool.release, model)
+        return model
 
     @property
     def window_samples(self) -> int:
@@ -88,8 +101,10 @@ class SileroStream:
                 f"silero VAD needs {_SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz",
                 param="audio",
             )
-        if self._model is None:
+        if self._closed:
             raise RuntimeError("VAD stream is closed")
+        if self._model is None:
+            await self._acquire()
         samples = int16_to_float32(frame.samples)
         if len(self._leftover):
             samples = np.concatenate((self._leftover, samples))
@@ -122,7 +137,9 @@ class SileroStream:
         """Give the model instance back to the pool; the stream is unusable afterwards."""
         with self._lock:
             self._model = None
-        self._finalizer()
+            self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 class SileroVAD:

@@ -110,6 +110,7 @@ class Pipeline:
         for task in self.listener.tasks():
             task.cancel()
         await self._tg.__aexit__(None, None, None)
+        self.listener.close()
         self._events.put_nowait(None)
 
     async def events(self) -> AsyncIterator[PipelineEvent]:

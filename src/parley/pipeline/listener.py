@@ -302,6 +302,12 @@ class Listener:
         self._held.clear()
         self._prefix_samples = 0
 
+    def close(self) -> None:
+        """Give the VAD stream's model back now (streams that can, like Silero's, close)."""
+        close = getattr(self._vad, "close", None)
+        if callable(close):
+            close()
+
     def tasks(self) -> list[asyncio.Task[None]]:
         """The recognisers still running: of the open turn, and of turns already closed."""
         turns = [*self.closed, *([self.turn] if self.turn else [])]
