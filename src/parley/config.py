@@ -126,6 +126,11 @@ class ServerSettings(_Section):
     send_buffer_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
     # Realtime: how often an open session checks that its key was not revoked (seconds).
     revocation_check_s: float = Field(2.0, gt=0, le=60)
+    # REST transcriptions: at most this many at once; one more waits up to transcription_wait_s
+    # for a slot, then gets a 503 with Retry-After. Recordings longer than max_audio_s are 413.
+    max_transcriptions: int = Field(4, ge=1, le=256)
+    transcription_wait_s: float = Field(5.0, ge=0, le=300)
+    max_audio_s: float = Field(1500.0, gt=0, le=4 * 3600)
 
 
 class Settings(_Section):

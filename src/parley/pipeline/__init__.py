@@ -20,6 +20,15 @@ from parley.pipeline.events import (
 from parley.pipeline.history import History, Item
 from parley.pipeline.options import ResponseOptions
 from parley.pipeline.segmenter import ClauseSegmenter
+from parley.pipeline.speech import (
+    Recognised,
+    RecordingEnd,
+    Spoken,
+    clauses_of,
+    speak,
+    speak_text,
+    transcribe_recording,
+)
 from parley.pipeline.timeline import TurnTimeline
 from parley.pipeline.turns import SpeechEdge, TurnDetector
 
@@ -31,6 +40,8 @@ __all__ = [
     "Pipeline",
     "PipelineEvent",
     "PlaybackInterrupted",
+    "Recognised",
+    "RecordingEnd",
     "ResponseAudio",
     "ResponseDone",
     "ResponseOptions",
@@ -40,9 +51,14 @@ __all__ = [
     "SpeechEdge",
     "SpeechStarted",
     "SpeechStopped",
+    "Spoken",
     "StageError",
     "TranscriptFinal",
     "TranscriptPartial",
     "TurnDetector",
     "TurnTimeline",
+    "clauses_of",
+    "speak",
+    "speak_text",
+    "transcribe_recording",
 ]

@@ -187,7 +187,13 @@ def create_app(
             metrics.route(),  # observability (issue 4): GET /metrics
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
             Route("/openapi.json", openapi),
-            *rest_routes(settings, engines),
+            *rest_routes(
+                settings,
+                engines,
+                max_audio_s=settings.server.max_audio_s,
+                max_transcriptions=settings.server.max_transcriptions,
+                transcription_wait_s=settings.server.transcription_wait_s,
+            ),
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
         ],
