@@ -32,6 +32,7 @@ from parley.content import ContentPart, ImagePart, TextPart
 __all__ = [
     "ASR",
     "LLM",
+    "OPENAI_VOICE_NAMES",
     "TTS",
     "VAD",
     "ChatRequest",
@@ -191,6 +192,25 @@ def estimate_message_tokens(message: Message) -> int:
 
 
 # --- TTS -------------------------------------------------------------------------------------
+
+
+# OpenAI's voice names: every TTS engine maps them onto voices of its own, so that clients
+# written for OpenAI work unchanged.
+OPENAI_VOICE_NAMES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "onyx",
+    "nova",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import numpy as np
 
 from parley.audio.frames import PCM16, Frame, float32_to_int16
 from parley.audio.resample import StreamResampler
-from parley.engines.base import SpeechOptions, Voice
+from parley.engines.base import OPENAI_VOICE_NAMES, SpeechOptions, Voice
 from parley.engines.batching import BatchRequest, Scheduler
 from parley.engines.device import Placement, cuda_count_torch, place
 from parley.errors import ClientError, ConfigError, EngineError
@@ -54,21 +54,7 @@ DEFAULT_MODEL = "facebook/mms-tts-eng"
 
 # OpenAI's voice names: spread over a multi-speaker model's speakers so that clients written
 # for OpenAI get a distinct (and always the same) speaker for each.
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "onyx",
-    "nova",
-    "sage",
-    "shimmer",
-    "verse",
-    "marin",
-    "cedar",
-)
+OPENAI_VOICES = OPENAI_VOICE_NAMES
 
 # A request's text is at most this long (~15 s of speech). Longer text is split: attention cost
 # grows with the square of the length, and one long row would stretch a whole batch.

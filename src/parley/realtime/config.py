@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from parley.audio.formats import WireFormat, parse_wire_format
 from parley.config import Settings, TurnDetectionSettings
-from parley.engines.base import ContentPart, ToolSpec
+from parley.engines.base import OPENAI_VOICE_NAMES, ContentPart, ToolSpec
 from parley.errors import Code, ProtocolError, as_parley_error
 from parley.pipeline.options import ResponseOptions
 from parley.realtime import wire
@@ -51,24 +51,7 @@ SessionKind = Literal["realtime", "transcription"]
 # deciding the caller has finished (OpenAI: "low" waits longest, "high" answers soonest).
 EAGERNESS_SILENCE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}
 
-# OpenAI's voice names: every TTS engine of parley maps them onto voices of its own.
-OPENAI_VOICES = frozenset(
-    {
-        "alloy",
-        "ash",
-        "ballad",
-        "coral",
-        "echo",
-        "fable",
-        "nova",
-        "onyx",
-        "sage",
-        "shimmer",
-        "verse",
-        "marin",
-        "cedar",
-    }
-)
+OPENAI_VOICES = frozenset(OPENAI_VOICE_NAMES)
 # A voice name as any engine spells one (``en-us+f3``, ``en_US-joe-medium``, ``speaker:3``):
 # never a path, never a control character, never a 10 kB string.
 _VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}")
