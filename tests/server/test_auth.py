@@ -260,3 +260,146 @@ async def test_auth_rest_endpoints_through_parley_serve_with_a_key(
     async with sdk(s, "sk-parley-nope") as client:
         with pytest.raises(openai.AuthenticationError):
             await client.models.list()
+
+
+# --- the key store's cache and revocation generation ---------------------------------------------
+
+
+def test_auth_key_cache_sees_a_revocation_by_another_process(tmp_path: Path) -> None:
+    from parley.store.keys import KeyStore
+
+    server_db, cli_db = Database(tmp_path / "p.db"), Database(tmp_path / "p.db")
+    server, other = KeyStore(server_db), KeyStore(cli_db)
+    token, key = other.create_key("acme")
+    before = server.generation()
+    assert server.authenticate(token) == key and server.is_active(key.id)
+    assert server.generation() == before  # lookups are cached: nothing changed
+    other.revoke("acme", key.id)  # another connection commits: the cache is stale
+    assert server.generation() != before
+    assert server.authenticate(token) is None and not server.is_active(key.id)
+    assert not server.is_active("key_unknown")
+    server_db.close()
+    cli_db.close()
+
+
+def test_auth_key_cache_sees_a_revocation_on_its_own_connection(tmp_path: Path) -> None:
+    from parley.store.keys import KeyStore
+
+    db = Database(tmp_path / "p.db")
+    store, admin = KeyStore(db), KeyStore(db)  # one connection: data_version does not move
+    token, key = admin.create_key("acme")
+    assert store.authenticate(token) == key and store.is_active(key.id)
+    before = store.generation()
+    admin.revoke("acme", key.id)
+    assert store.generation() != before
+    assert store.authenticate(token) is None and not store.is_active(key.id)
+    db.close()
+
+
+def test_auth_key_cache_is_bounded(tmp_path: Path) -> None:
+    from parley.store.keys import KeyStore
+
+    db = Database(tmp_path / "p.db")
+    store = KeyStore(db, cache_size=2)
+    tokens = [store.create_key("acme")[0] for _ in range(4)]
+    for token in tokens:
+        assert store.authenticate(token) is not None
+    assert len(store._by_hash) == 2
+    assert store.authenticate("sk-parley-" + "x" * 40) is None  # unknown tokens are not kept
+    assert len(store._by_hash) == 2
+    db.close()
+
+
+async def test_auth_open_session_of_a_revoked_key_ends(auth_server: AuthServer) -> None:
+    s = auth_server
+    key = new_key(s.db, "acme", "--name", "to-revoke")
+    url = f"ws://127.0.0.1:{s.server.port}/v1/realtime"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await asyncio.to_thread(cli, s.db, "keys", "revoke", key[:14], "--tenant", "acme")
+        async with asyncio.timeout(10):  # checked every 2 s
+            error = json.loads(await ws.recv())
+            assert error["type"] == "error" and error["error"]["code"] == "session_revoked"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+# --- the handshake gate ---------------------------------------------------------------------------
+
+
+async def test_auth_handshake_gate_queues_then_refuses() -> None:
+    from parley.server.auth import HandshakeGate
+
+    gate = HandshakeGate(limit=2, wait_s=0.2)
+    assert await gate.acquire() and await gate.acquire()
+    third = asyncio.create_task(gate.acquire())
+    fourth = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0.01)
+    assert gate.waiting == 2 and not third.done()
+    gate.release()  # the slot passes to the longest waiter
+    assert await third and gate.active == 2 and gate.waiting == 1
+    assert not await fourth  # waited its 0.2 s
+    assert gate.refused == 1 and gate.waiting == 0
+    gate.release()
+    gate.release()
+    assert gate.active == 0
+
+
+async def test_auth_handshake_gate_cancelled_waiter_keeps_no_slot() -> None:
+    from parley.server.auth import HandshakeGate
+
+    gate = HandshakeGate(limit=1, wait_s=5)
+    assert await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0.01)
+    waiter.cancel()  # the client went away while queued
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.release()
+    assert gate.active == 0 and gate.waiting == 0
+    assert await gate.acquire()
+
+
+async def test_auth_middleware_refuses_handshakes_past_the_gate_with_503() -> None:
+    from parley.server.auth import AuthMiddleware, HandshakeGate, Limiter
+
+    setting_up = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "websocket.accept"})
+        setting_up.set()
+        await finish.wait()  # a slow session setup: the slot is held until the first event
+        await send({"type": "websocket.send", "text": "{}"})
+
+    gate = HandshakeGate(limit=1, wait_s=0.1)
+    middleware = AuthMiddleware(app, None, Limiter(), gate=gate)
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "websocket",
+            "path": "/v1/realtime",
+            "headers": [],
+            "extensions": {"websocket.http.response": {}},
+        }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    first_sent: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
+
+    async def collect(into: list[dict[str, Any]], message: Any) -> None:
+        into.append(dict(message))
+
+    first = asyncio.create_task(middleware(scope(), receive, lambda m: collect(first_sent, m)))
+    await setting_up.wait()
+    await middleware(scope(), receive, lambda m: collect(refused, m))
+    assert refused[0]["type"] == "websocket.http.response.start"
+    assert refused[0]["status"] == 503 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert json.loads(refused[1]["body"])["error"]["code"] == "server_overloaded"
+    finish.set()
+    await first
+    assert [m["type"] for m in first_sent] == ["websocket.accept", "websocket.send"]
+    assert gate.active == 0 and gate.refused == 1

@@ -8,10 +8,20 @@ downstream is scoped to that tenant. Refusals use OpenAI's error shape: 401 for 
 revoked or expired key, 429 past a limit. ``/healthz`` needs no key; ``/metrics`` (all tenants
 together) takes the operator's ``server.metrics_token``, or with none set only loopback clients.
 With auth off (``parley serve --no-auth``) every caller is the default tenant.
+
+**The event loop never waits here.** Key lookups go through the database, which may wait for
+another process's write lock (``parley keys`` beside a running server) and redeeming a client
+secret writes; both run in a worker thread. A :class:`HandshakeGate` caps the WebSocket
+connections being set up at once (handshake, key lookup, and the app's session setup up to the
+first message it sends): 300 simultaneous connects queue for a slot instead of taking the whole
+event loop, and one that waits longer than the gate's bound is refused with 503 and
+``Retry-After``, before it costs anything.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -20,10 +30,17 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from parley.errors import AuthenticationError, Code, ParleyError, RateLimitError, error_body
+from parley.errors import (
+    AuthenticationError,
+    Code,
+    OverloadedError,
+    ParleyError,
+    RateLimitError,
+    error_body,
+)
 from parley.store.keys import SECRET_PREFIX, ApiKey, KeyStore
 
-__all__ = ["AuthMiddleware", "Limiter", "Principal", "principal_of"]
+__all__ = ["AuthMiddleware", "HandshakeGate", "Limiter", "Principal", "principal_of"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,6 +51,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."
 METRICS_PATH = "/metrics"
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
+# WebSocket connections set up at once, and how long one more may wait for a slot. Setting up a
+# Realtime session costs milliseconds of CPU; a few at a time keep every open session served.
+MAX_HANDSHAKES = 8
+HANDSHAKE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +119,62 @@ class Limiter:
             self._sessions[key.id] -= 1
 
 
+class HandshakeGate:
+    """At most ``limit`` connections being set up at once; the others wait in arrival order, at
+    most ``wait_s`` seconds each. Counts are kept for metrics. Not thread-safe: one event loop."""
+
+    def __init__(self, limit: int = MAX_HANDSHAKES, wait_s: float = HANDSHAKE_WAIT_S) -> None:
+        if limit < 1 or wait_s < 0:
+            raise ValueError("a handshake gate needs limit >= 1 and wait_s >= 0")
+        self.limit = limit
+        self.wait_s = wait_s
+        self.active = 0
+        self.refused = 0
+        # Futures are made in the running loop when needed, so the gate can outlive a loop.
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)  # resolved waiters leave the queue, given-up ones too
+
+    async def acquire(self) -> bool:
+        """Take a slot; False (and counted as refused) if none came within ``wait_s``."""
+        if self.active < self.limit and not self.waiting:
+            self.active += 1
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await waiter
+        except TimeoutError:
+            self._give_back(waiter)
+            self.refused += 1
+            return False
+        except BaseException:
+            self._give_back(waiter)
+            raise
+        return True
+
+    def release(self) -> None:
+        """Hand the slot to the longest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on: ``active`` is unchanged
+                return
+        self.active -= 1
+
+    def _give_back(self, waiter: asyncio.Future[None]) -> None:
+        # A slot may have been handed over just as the wait ended: pass it on.
+        if waiter.done() and not waiter.cancelled():
+            self.release()
+        else:
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+
 def _error_body(exc: ParleyError) -> bytes:
     return json.dumps({"error": error_body(exc)}).encode()
 
@@ -111,18 +188,57 @@ class AuthMiddleware:
         *,
         public: tuple[str, ...] = ("/healthz",),
         metrics_token: str | None = None,
+        gate: HandshakeGate | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.public = public
         self.metrics_token = metrics_token
+        self.gate = gate if gate is not None else HandshakeGate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket") or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
+        if kind == "http":
+            await self._serve(scope, receive, send)
+            return
+        if not await self.gate.acquire():
+            await _refuse(
+                scope,
+                receive,
+                send,
+                OverloadedError(
+                    "Too many connections are being set up at once; try again in a moment."
+                ),
+                headers=[(b"retry-after", b"1")],
+            )
+            return
+        gate = self.gate
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                gate.release()
+
+        async def gated_send(message: Message) -> None:
+            # The session is set up once the app says anything beyond accepting the socket (a
+            # Realtime session's first event, a close, a denial).
+            if message["type"] != "websocket.accept":
+                release()
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, gated_send)
+        finally:
+            release()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
         state = scope.setdefault("state", {})
         if self.keys is None:
             state["principal"] = Principal("")
@@ -152,7 +268,7 @@ class AuthMiddleware:
             )
         elif token.startswith(SECRET_PREFIX):
             secret = (
-                self.keys.redeem_client_secret(token)
+                await asyncio.to_thread(self.keys.redeem_client_secret, token)
                 if kind == "websocket" and scope["path"] in REALTIME_PATHS
                 else None
             )
@@ -164,7 +280,7 @@ class AuthMiddleware:
                 Code.INVALID_API_KEY,
             )
         else:
-            key = self.keys.authenticate(token)
+            key = await asyncio.to_thread(self.keys.authenticate, token)
             if key is not None:
                 principal = Principal(key.tenant.name, key)
             failure = ("Incorrect API key provided, or the key was revoked.", Code.INVALID_API_KEY)
@@ -252,4 +368,5 @@ async def _refuse(
         await send({"type": "websocket.http.response.start", "status": status, "headers": head})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": 1008})
+        # 1013: try again later (overloaded); 1008: policy violation (no or a bad key, limits).
+        await send({"type": "websocket.close", "code": 1013 if status == 503 else 1008})

@@ -5,6 +5,19 @@ database leak reveals no usable key (the tokens carry ~238 bits of entropy, so a
 enough: there is nothing to brute-force). A key belongs to one tenant and carries its limits.
 Ephemeral client secrets (``ek_...``) are minted by a key, bound to a Realtime session
 configuration and an expiry, and open exactly one connection.
+
+**Revocation and the cache.** Keys are revoked by another process as often as by this one
+(``parley keys revoke`` next to a running server), so the store learns of a revocation from the
+database itself: :meth:`KeyStore.generation` changes whenever any connection commits to the
+database file (SQLite's ``PRAGMA data_version``) or this process revokes a key. Lookups of active
+keys (:meth:`KeyStore.authenticate`, :meth:`KeyStore.is_active`) are cached until the generation
+changes, so a server checking its open sessions every few seconds costs one pragma per check,
+and a revocation is seen by the next lookup. The cache is bounded and holds no token, only
+hashes and key records.
+
+**Threads.** Every method may block on the database (a writer in another process holds the
+lock for up to the busy timeout), so async callers run them in a worker thread; the store is
+safe to call from several threads at once.
 """
 
 from __future__ import annotations
@@ -13,9 +26,12 @@ import hashlib
 import json
 import secrets
 import string
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from parley.errors import ClientError, Code
 from parley.store.sqlite import Database
@@ -28,12 +44,19 @@ __all__ = [
     "Tenant",
 ]
 
+_T = TypeVar("_T")
 _ALPHABET = string.ascii_letters + string.digits
 KEY_PREFIX = "sk-parley-"
 SECRET_PREFIX = "ek_"
 DEFAULT_SECRET_TTL_S = 600
 MAX_SECRET_TTL_S = 7200
 MIN_SECRET_TTL_S = 10
+# Active keys remembered between database changes (a record is ~1 KiB).
+CACHE_SIZE = 1024
+
+# Revocations made through this process, per database connection: a connection's own commits
+# do not change its ``data_version``.
+_local_changes: weakref.WeakKeyDictionary[Database, int] = weakref.WeakKeyDictionary()
 
 
 def _token(prefix: str, n: int) -> str:
@@ -82,10 +105,46 @@ class ClientSecret:
 
 
 class KeyStore:
-    """All tenants' keys; every call runs a sub-millisecond query inline."""
+    """All tenants' keys. Lookups of active keys are cached until :meth:`generation` changes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_size: int = CACHE_SIZE) -> None:
         self._db = db
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._seen: tuple[int, int] | None = None
+        self._by_hash: OrderedDict[str, ApiKey] = OrderedDict()
+        self._active: OrderedDict[str, bool] = OrderedDict()
+
+    # --- revocation ----------------------------------------------------------------------------
+
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever a key may have been revoked: another connection committed to the
+        database, or this process revoked a key. Compare for equality only."""
+        version = int(self._db.query("PRAGMA data_version")[0][0])
+        return version, _local_changes.get(self._db, 0)
+
+    def is_active(self, key_id: str) -> bool:
+        """Whether the key ``key_id`` exists and is not revoked. Cached until the database
+        changes: an open session can ask every second for the price of one pragma."""
+        generation = self.generation()
+        with self._cache_lock:
+            self._refresh(generation)
+            cached = self._active.get(key_id)
+        if cached is not None:
+            return cached
+        rows = self._db.query("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
+        active = bool(rows) and rows[0]["revoked_at"] is None
+        with self._cache_lock:
+            if self._seen == generation:
+                _remember(self._active, key_id, active, self._cache_size)
+        return active
+
+    def _refresh(self, generation: tuple[int, int]) -> None:
+        """Forget cached lookups made before ``generation`` (the caller holds the cache lock)."""
+        if generation != self._seen:
+            self._seen = generation
+            self._by_hash.clear()
+            self._active.clear()
 
     # --- tenants -------------------------------------------------------------------------------
 
@@ -161,29 +220,38 @@ class KeyStore:
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (time.time(), rows[0]["id"]),
             )
-            return _key(
+            key = _key(
                 self._db.query("SELECT * FROM api_keys WHERE id = ?", (rows[0]["id"],))[0], owner
             )
-
-    def is_active(self, key_id: str) -> bool:
-        """Whether the key still exists and is not revoked (open sessions ask every few
-        seconds; one indexed lookup)."""
-        rows = self._db.query("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
-        return bool(rows) and rows[0]["revoked_at"] is None
+        # Committed: every store on this connection sees a new generation from now on.
+        _local_changes[self._db] = _local_changes.get(self._db, 0) + 1
+        return key
 
     def authenticate(self, token: str) -> ApiKey | None:
         """The active key this token is, or None."""
         if not token.startswith(KEY_PREFIX):
             return None
+        digest = _hash(token)
+        generation = self.generation()
+        with self._cache_lock:
+            self._refresh(generation)
+            cached = self._by_hash.get(digest)
+            if cached is not None:
+                self._by_hash.move_to_end(digest)
+                return cached
         rows = self._db.query(
             "SELECT k.*, t.name AS tenant_name FROM api_keys k JOIN tenants t"
             " ON t.id = k.tenant_id WHERE k.hash = ?",
-            (_hash(token),),
+            (digest,),
         )
         if not rows or rows[0]["revoked_at"] is not None:
-            return None
+            return None  # unknown tokens are not cached: they cannot fill the cache
         row = rows[0]
-        return _key(row, Tenant(row["tenant_id"], row["tenant_name"]))
+        key = _key(row, Tenant(row["tenant_id"], row["tenant_name"]))
+        with self._cache_lock:
+            if self._seen == generation:  # nothing was revoked while we looked
+                _remember(self._by_hash, digest, key, self._cache_size)
+        return key
 
     # --- ephemeral client secrets --------------------------------------------------------------
 
@@ -230,6 +298,13 @@ class KeyStore:
             )
             key = _key(keys[0], Tenant(keys[0]["tenant_id"], keys[0]["tenant_name"]))
             return ClientSecret(key, json.loads(row["session"]), row["expires_at"])
+
+
+def _remember(cache: OrderedDict[str, _T], name: str, value: _T, size: int) -> None:
+    cache[name] = value
+    cache.move_to_end(name)
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def _key(row: Any, tenant: Tenant) -> ApiKey:
