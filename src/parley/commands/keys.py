@@ -1,0 +1,59 @@
+"""``parley keys``: create, list and revoke a tenant's API keys."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+
+from parley.bench.report import print_table
+from parley.commands.options import settings_from
+
+__all__ = ["run_keys"]
+
+
+async def run_keys(args: argparse.Namespace, console: Console) -> int:
+    from parley.store import Database
+    from parley.store.keys import KeyStore, Limits
+
+    settings = settings_from(args)
+    with Database(settings.server.database) as database:
+        keys = KeyStore(database)
+        match args.action:
+            case "create":
+                limits = Limits(args.rpm, args.max_sessions, args.max_session_seconds)
+                token, key = keys.create_key(args.tenant, name=args.name or "", limits=limits)
+                console.print(
+                    f"created {key.id} for tenant {key.tenant.name}; the key "
+                    "(shown once, store it now):"
+                )
+                print(token)
+            case "list":
+                rows = []
+                for key in keys.list_keys(args.tenant):
+                    created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
+                    shown = ", ".join(
+                        f"{label} {value}"
+                        for label, value in (
+                            ("rpm", key.limits.requests_per_minute),
+                            ("sessions", key.limits.max_sessions),
+                            ("session s", key.limits.max_session_s),
+                        )
+                        if value is not None
+                    )
+                    status = "active" if key.active else "revoked"
+                    rows.append(
+                        [key.id, key.prefix + "...", key.name, created, status, shown or "-"]
+                    )
+                if not rows:
+                    console.print(f"tenant {args.tenant} has no keys", markup=False)
+                    return 0
+                headers = ["id", "prefix", "name", "created (UTC)", "status", "limits"]
+                # Ids and prefixes are whole on any terminal: they are what 'keys revoke' takes.
+                print_table(console, headers, rows, wrap={2, 5})
+            case "revoke":
+                # The prefix as 'keys list' shows it, copied with its dots, names the key too.
+                key = keys.revoke(args.tenant, args.key.removesuffix("..."))
+                console.print(f"revoked {key.id} ({key.prefix}...) of tenant {args.tenant}")
+    return 0

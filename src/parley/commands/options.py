@@ -1,0 +1,27 @@
+"""What every ``parley`` command shares: the settings it runs with (``--config`` and ``--set``
+over the environment and defaults) and the exit statuses it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from parley.config import Settings, load_settings
+from parley.errors import ClientError
+
+__all__ = ["EXIT_ERROR", "EXIT_USAGE", "settings_from"]
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings of ``--config``, with each ``--set KEY=VALUE`` applied over them."""
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return load_settings(args.config, overrides=overrides)
