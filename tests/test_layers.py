@@ -13,13 +13,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "parley"
 FORBIDDEN = {
     "ids": ("",),  # a leaf: nothing of parley
     "content": ("",),
-    "errors": ("audio", "engines", "pipeline", "realtime", "server", "store", "cli", "models"),
-    "audio": ("engines", "pipeline", "realtime", "server", "store", "cli", "models", "bench"),
-    "store": ("engines", "pipeline", "realtime", "server", "cli", "models", "bench"),
-    "engines": ("pipeline", "realtime", "server", "cli", "models", "bench"),
-    "pipeline": ("realtime", "server", "cli", "models", "bench"),
-    "realtime": ("server", "cli", "models", "bench"),
-    "server": ("cli",),
+    "errors": ("audio", "engines", "pipeline", "realtime", "server", "store", "cli", "commands", "models"),
+    "audio": ("engines", "pipeline", "realtime", "server", "store", "cli", "commands", "models", "bench"),
+    "store": ("engines", "pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
+    "engines": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
+    "pipeline": ("realtime", "server", "cli", "commands", "models", "bench"),
+    "realtime": ("server", "cli", "commands", "models", "bench"),
+    "server": ("cli", "commands"),
+    "bench": ("cli", "commands"),
 }
 
 
