@@ -51,9 +51,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."
 METRICS_PATH = "/metrics"
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
-# WebSocket connections set up at once, and how long one more may wait for a slot. Setting up a
-# Realtime session costs milliseconds of CPU; a few at a time keep every open session served.
-MAX_HANDSHAKES = 8
+# WebSocket connections set up at once, and how long one more may wait for a slot. A session's
+# setup is CPU work on the event loop, done one after another whatever the limit: a small limit
+# bounds how much of it one turn of the loop can hold (300 connects at once: 2 and 4 kept open
+# sessions answering within ~1-3 s where 300 unbounded froze them for 24 s, see
+# docs/reliability.md), and still sets up hundreds of sessions a second once setup is cheap.
+MAX_HANDSHAKES = 4
 HANDSHAKE_WAIT_S = 10.0
 
 
