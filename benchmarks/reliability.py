@@ -68,7 +68,7 @@ HOST = "127.0.0.1"
 RATE = 24000
 PACKET = 480  # 20 ms of pcm16 at 24 kHz
 Event = dict[str, Any]
-Message = str | bytes
+Message = str | bytes | tuple[str, ...]  # a tuple goes out as one fragmented message
 CONNECT_ERRORS = (OSError, TimeoutError, InvalidStatus, ConnectionError, ConnectionClosed)
 
 
@@ -231,7 +231,10 @@ class Conn:
         return future
 
     async def send(self, message: Message | Event) -> None:
-        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        if isinstance(message, tuple):
+            await self.ws.send(iter(message))
+        else:
+            await self.ws.send(json.dumps(message) if isinstance(message, dict) else message)
 
     async def closed_by_peer(self, wait_s: float) -> Closed | None:
         """Wait for the server to end the connection; None if it is still open."""
@@ -514,6 +517,7 @@ class Fuzzer:
         "truncated_json",
         "json_oddities",
         "interleaving",
+        "fragmented",
     )
 
     def __init__(self, rng: random.Random, *, huge_bytes: int = 1 << 20) -> None:
@@ -623,6 +627,11 @@ class Fuzzer:
                 text = json.dumps(event)
                 odd = (*_JSON_ODDITIES, "\ufeff" + text, text + " x", text + text)
                 return kind, [r.choice(odd)]
+            case "fragmented":
+                text = json.dumps(event)
+                cuts = sorted(r.sample(range(1, len(text)), min(len(text) - 1, r.randrange(1, 8))))
+                bounds = zip([0, *cuts], [*cuts, len(text)], strict=True)
+                return kind, [tuple(text[a:b] for a, b in bounds)]
             case "interleaving":
                 return kind, [json.dumps(e) for e in self._interleaving(known)]
         return kind, [json.dumps(event)]
@@ -712,6 +721,7 @@ async def _fuzz_connection(
     fuzzer = Fuzzer(random.Random(args.seed * 1000 + index), huge_bytes=args.huge_bytes)
     conn: Conn | None = None
     sent = probes = 0
+    oversize = args.oversize
     while sent < quota:
         if conn is None or conn.closed is not None:
             if conn is not None:
@@ -726,6 +736,13 @@ async def _fuzz_connection(
                 await asyncio.sleep(1)
                 continue
         batch: list[Message] = []
+        if oversize and sent >= quota // 2:
+            # Past the Realtime limit of 15 MiB: an error event, not a dropped connection.
+            oversize -= 1
+            tally.kinds["oversize"] += 1
+            batch.append(
+                json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (16 << 20)})
+            )
         while len(batch) < args.batch:
             kind, messages = fuzzer.case(conn.item_ids)
             tally.kinds[kind] += 1
@@ -1354,6 +1371,7 @@ def parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--batch", type=int, default=25, help="messages between probes")
     fuzz.add_argument("--probe-timeout", type=float, default=5.0, help="seconds; then a hang")
     fuzz.add_argument("--huge-bytes", type=int, default=1 << 20, help="longest huge string")
+    fuzz.add_argument("--oversize", type=int, default=1, help="16 MiB messages per connection")
     fuzz.add_argument("--seed", type=int, default=11)
     fuzz.set_defaults(run=run_fuzz)
 

@@ -26,7 +26,7 @@ def reliability() -> ModuleType:
 
 
 def test_reliability_fuzzer_covers_every_kind_and_is_repeatable(reliability: ModuleType) -> None:
-    def cases(seed: int) -> list[tuple[str, list[str | bytes]]]:
+    def cases(seed: int) -> list[tuple[str, list[str | bytes | tuple[str, ...]]]]:
         fuzzer = reliability.Fuzzer(random.Random(seed), huge_bytes=1 << 12)
         return [fuzzer.case(["item_a", "item_b"]) for _ in range(600)]
 
@@ -34,7 +34,7 @@ def test_reliability_fuzzer_covers_every_kind_and_is_repeatable(reliability: Mod
     assert first == cases(3)
     assert {kind for kind, _ in first} == set(reliability.Fuzzer.KINDS)
     for _, messages in first:
-        assert messages and all(isinstance(m, str | bytes) for m in messages)
+        assert messages and all(isinstance(m, str | bytes | tuple) for m in messages)
     valid = [json.loads(m[0]) for kind, m in first if kind == "valid"]
     assert all(isinstance(event, dict) and "type" in event for event in valid)
 
