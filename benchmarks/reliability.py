@@ -863,7 +863,7 @@ def run_fuzz(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 # --- storm ---------------------------------------------------------------------------------------
 
 
-async def _storm_client(url: str, hold_s: float, go: float) -> dict[str, Any]:
+async def _storm_client(url: str, hold_s: float, audio_ms: int, go: float) -> dict[str, Any]:
     await asyncio.sleep(max(0.0, go - time.time()))
     start = time.perf_counter()
     try:
@@ -884,6 +884,16 @@ async def _storm_client(url: str, hold_s: float, go: float) -> dict[str, Any]:
             while json.loads(await ws.recv())["type"] != "session.updated":
                 pass
             out["updated_s"] = time.perf_counter() - start
+            if audio_ms:
+                # A caller who starts to speak: the session's VAD must take its model.
+                noise = np.random.default_rng(len(out)).normal(0, 30, RATE * audio_ms // 1000)
+                for packet in range(0, len(noise), PACKET):
+                    await ws.send(_append(noise[packet : packet + PACKET].astype(np.int16)))
+                probe = {"type": "conversation.item.retrieve", "item_id": "missing"}
+                await ws.send(json.dumps(probe))
+                while json.loads(await ws.recv())["type"] != "error":
+                    pass
+                out["audio_s"] = time.perf_counter() - start
         out["ok"] = True
         await asyncio.sleep(hold_s)
     except Exception as exc:
@@ -894,9 +904,10 @@ async def _storm_client(url: str, hold_s: float, go: float) -> dict[str, Any]:
     return out
 
 
-def _storm_process(url: str, n: int, hold_s: float, go: float, path: str) -> None:
+def _storm_process(url: str, n: int, hold_s: float, audio_ms: int, go: float, path: str) -> None:
     async def main() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(_storm_client(url, hold_s, go) for _ in range(n)))
+        clients = (_storm_client(url, hold_s, audio_ms, go) for _ in range(n))
+        return await asyncio.gather(*clients)
 
     Path(path).write_text(json.dumps(asyncio.run(main())))
 
@@ -959,7 +970,8 @@ async def _storm(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     go = time.time() + 3  # the clients' process needs a moment to start
     storm_start = time.perf_counter() - t0 + 3
     process = multiprocessing.get_context("spawn").Process(
-        target=_storm_process, args=(server.ws_url, args.connects, args.hold, go, str(results))
+        target=_storm_process,
+        args=(server.ws_url, args.connects, args.hold, args.audio_ms, go, str(results)),
     )
     process.start()
     during = await _turns(victim, speech, t0, until=lambda: not process.is_alive())
@@ -992,6 +1004,7 @@ async def _storm(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "connects": args.connects,
         "hold_s": args.hold,
+        "audio_ms": args.audio_ms,
         "turn_kind": "text" if args.text else "speech at real-time pace, server_vad",
         "storm_window_s": [round(storm_start, 1), round(storm_end, 1)],
         "storm_clients": {
@@ -1000,6 +1013,7 @@ async def _storm(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             "handshake_ms": ms_summary([c["handshake_s"] for c in ok]),
             "session_created_ms": ms_summary([c["created_s"] for c in ok]),
             "session_updated_ms": ms_summary([c["updated_s"] for c in ok]),
+            "audio_processed_ms": ms_summary([c["audio_s"] for c in ok if "audio_s" in c]),
         },
         "turns": {
             "before": turn_summary(before),
@@ -1049,6 +1063,10 @@ def run_storm(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         ["connects ok / failed", f"{clients['ok']} / {json.dumps(clients['failed'])}"],
         ["handshake p50 / max ms", pair(clients["handshake_ms"])],
         ["session.updated p50 / max ms", pair(clients["session_updated_ms"])],
+        [
+            f"{args.audio_ms} ms of audio processed p50 / max ms",
+            pair(clients["audio_processed_ms"]),
+        ],
         ["RSS before / peak / after MiB", " / ".join(fmt(rss[k]) for k in rss if k != "settle_s")],
         ["tracebacks / ERROR lines", f"{log['tracebacks']} / {log['error_lines']}"],
     ]
@@ -1081,7 +1099,7 @@ async def _soak_worker(
                     if speech is not None:
                         result = await speech.turn(conn, index + i)
                     else:
-                        modalities = ("text",) if args.text_only else ("audio",)
+                        modalities = ("text",) if args.turns == "text" else ("audio",)
                         result = await text_turn(conn, f"Question {i}?", modalities=modalities)
                 except TurnFailed as exc:
                     out["stalls"] += 1
@@ -1100,7 +1118,7 @@ async def _soak_worker(
 
 
 async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
-    speech = await asyncio.to_thread(Speech) if args.speech else None
+    speech = await asyncio.to_thread(Speech) if args.turns == "speech" else None
     t0 = time.monotonic()
     deadline = t0 + args.minutes * 60
     samples: list[tuple[float, float | None]] = [(0.0, server.rss_mib())]
@@ -1127,11 +1145,7 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sessions_concurrent": args.sessions,
         "minutes": args.minutes,
-        "turn_kind": "speech"
-        if args.speech
-        else "text"
-        if args.text_only
-        else "text in, audio out",
+        "turn_kind": args.turns,
         "sessions_opened": sum(w["sessions"] for w in workers),
         "turns": len(turns),
         "turn_ms": ms_summary(turns),
@@ -1378,6 +1392,9 @@ def parser() -> argparse.ArgumentParser:
     storm = command("storm", "simultaneous connects while open sessions keep working")
     storm.add_argument("--connects", type=int, default=300)
     storm.add_argument("--hold", type=float, default=5.0, help="seconds each storm client idles")
+    storm.add_argument(
+        "--audio-ms", type=int, default=0, help="audio each storm client sends before idling"
+    )
     storm.add_argument("--baseline-turns", type=int, default=5, help="turns before and after")
     storm.add_argument("--settle", type=float, default=10.0, help="seconds before RSS after")
     storm.add_argument("--text", action="store_true", help="text turns instead of speech")
@@ -1391,9 +1408,13 @@ def parser() -> argparse.ArgumentParser:
     soak.add_argument("--stall-s", type=float, default=10.0, help="a slower turn is a stall")
     soak.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period")
     soak.add_argument("--settle", type=float, default=10.0, help="seconds before RSS closed")
-    kind = soak.add_mutually_exclusive_group()
-    kind.add_argument("--speech", action="store_true", help="real speech at real-time pace")
-    kind.add_argument("--text-only", action="store_true", help="text replies (no TTS)")
+    soak.add_argument(
+        "--turns",
+        choices=("speech", "text-audio", "text"),
+        default="speech",
+        help="real speech at real-time pace (server VAD) and spoken replies; text in and spoken "
+        "replies; text only",
+    )
     soak.set_defaults(run=run_soak)
 
     sig = command("signals", "SIGTERM and kill -9 with open sessions")
