@@ -201,7 +201,8 @@ async def test_realtime_barge_in_cancels_and_truncate_cuts_transcript(
         await c.send({"type": "conversation.item.retrieve", "item_id": item_id})
         item = (await c.until("conversation.item.retrieved"))["item"]
         heard = item["content"][0]["transcript"]
-        assert len(heard.split()) < len(full.split())
+        # What 400 ms of playback held: the reply's first words (maybe none), never all of it.
+        assert full.startswith(heard) and len(heard.split()) < len(full.split())
         await c.send(
             {
                 "type": "conversation.item.truncate",
@@ -470,7 +471,8 @@ async def test_realtime_item_at_root_and_timeline_extension(server: Server) -> N
         raw = json.loads(await c.conn.recv_bytes())  # rate_limits.updated
         while raw["type"] != "parley.turn.timeline":
             raw = json.loads(await c.conn.recv_bytes())
-        assert raw["status"] == "completed" and raw["audio_ms"] > 0
+        sent_ms = 1000 * len(decode_audio(c.events)) / 24000
+        assert raw["status"] == "completed" and raw["audio_ms"] == pytest.approx(sent_ms, abs=1)
         assert set(raw["stages_ms"]) >= {"llm_first_token", "tts_first_audio", "send"}
-        assert raw["socket_send_ms"] >= 0
+        assert 0 <= raw["socket_send_ms"] < 1000  # first audio left the socket promptly
         assert second
