@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from parley import __version__
 from parley.config import Settings
-from parley.engines.base import ContentPart, TextPart
+from parley.engines.base import ContentPart, TextPart, engine_health
 from parley.engines.batching import Scheduler
 from parley.engines.instrumented import instrument
 from parley.engines.registry import Engines
@@ -70,6 +70,7 @@ log = logging.getLogger("parley.server")
 # that parley can say so instead of dropping the connection.
 WS_MAX_BYTES = 64 * 1024 * 1024
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+_SEVERITY = ("ok", "degraded", "down")
 
 
 @dataclass
@@ -145,13 +146,24 @@ def create_app(
     )
 
     async def healthz(request: Request) -> JSONResponse:
+        # "degraded": serving with less capacity (a recogniser worker restarting); "down": an
+        # engine cannot serve, and a load balancer should send callers elsewhere (503).
+        kinds = ("vad", "asr", "llm", "tts")
+        health = {k: engine_health(getattr(engines, k)) for k in kinds}
+        worst = max((h.status for h in health.values()), key=_SEVERITY.index)
         return JSONResponse(
             {
-                "status": "ok",
+                "status": worst,
                 "version": __version__,
                 "sessions": len(state.sessions),
-                "engines": {k: getattr(engines, k).name for k in ("vad", "asr", "llm", "tts")},
-            }
+                "engines": {k: getattr(engines, k).name for k in kinds},
+                "health": {
+                    k: {"status": h.status, "detail": h.detail}
+                    for k, h in health.items()
+                    if h.status != "ok"
+                },
+            },
+            status_code=503 if worst == "down" else 200,
         )
 
     async def realtime(ws: WebSocket) -> None:
