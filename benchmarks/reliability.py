@@ -1078,9 +1078,10 @@ def run_storm(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 
 async def _soak_worker(
-    server: Server, index: int, speech: Speech | None, deadline: float, args: argparse.Namespace
+    server: Server, index: int, speech: Speech | None, t0: float, args: argparse.Namespace
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"turns": [], "stalls": 0, "errors": [], "sessions": 0}
+    deadline = t0 + args.minutes * 60
+    out: dict[str, Any] = {"turns": [], "records": [], "stalls": 0, "errors": [], "sessions": 0}
     out["error_events"] = Counter()
     i = 0
     while time.monotonic() < deadline:
@@ -1095,6 +1096,7 @@ async def _soak_worker(
             for _ in range(args.turns_per_session):
                 if time.monotonic() >= deadline:
                     break
+                at = round(time.monotonic() - t0, 2)
                 try:
                     if speech is not None:
                         result = await speech.turn(conn, index + i)
@@ -1106,6 +1108,7 @@ async def _soak_worker(
                     out["errors"].append(str(exc))
                     break
                 out["turns"].append(result["done_s"])
+                out["records"].append({"at_s": at, "session": index, "turn": i, **result})
                 out["stalls"] += result["done_s"] > args.stall_s
                 i += 1
                 await asyncio.sleep(args.think)
@@ -1120,7 +1123,6 @@ async def _soak_worker(
 async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     speech = await asyncio.to_thread(Speech) if args.turns == "speech" else None
     t0 = time.monotonic()
-    deadline = t0 + args.minutes * 60
     samples: list[tuple[float, float | None]] = [(0.0, server.rss_mib())]
 
     async def sample() -> None:
@@ -1130,7 +1132,7 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
 
     sampler = asyncio.create_task(sample())
     workers = await asyncio.gather(
-        *(_soak_worker(server, i, speech, deadline, args) for i in range(args.sessions))
+        *(_soak_worker(server, i, speech, t0, args) for i in range(args.sessions))
     )
     sampler.cancel()
     await asyncio.sleep(args.settle)
@@ -1164,6 +1166,7 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             "settle_s": args.settle,
         },
         "rss_samples": samples,
+        "turn_records": sorted((r for w in workers for r in w["records"]), key=lambda r: r["at_s"]),
     }
 
 
