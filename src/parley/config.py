@@ -60,14 +60,25 @@ class VADSettings(_Section):
 
 
 class TurnDetectionSettings(_Section):
-    """OpenAI ``server_vad`` semantics; ``type`` none means the caller ends turns itself."""
+    """OpenAI ``server_vad`` semantics; ``type`` none means the caller ends turns itself.
 
-    type: Literal["server_vad", "none"] = "server_vad"
+    ``semantic_vad`` asks an end-of-turn model (``model``, Smart Turn v3 by default) early in
+    each silence: a finished sentence ends the turn then, a pause mid-thought waits longer;
+    ``eagerness`` sets how early and how long (see ``parley.pipeline.listener``). Without a
+    model it is a silence window whose length ``eagerness`` sets.
+    """
+
+    type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     prefix_padding_ms: int = Field(300, ge=0, le=5000)
     silence_duration_ms: int = Field(500, ge=0, le=10000)
     create_response: bool = True
     interrupt_response: bool = True
+    # semantic_vad: how eager to answer (OpenAI's low / medium / high / auto).
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    # The end-of-turn model: "smart-turn" (vendored Smart Turn v3.2) or "none".
+    model: str = "smart-turn"
+    model_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ASRSettings(_Section):

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from parley.audio.frames import Frame
+from parley.bench.clips import Clip
 from parley.engines.base import Transcript
+from parley.engines.silero import SileroVAD
 from parley.errors import ClientError
 from parley.pipeline import (
     Pipeline,
@@ -182,3 +184,91 @@ async def test_pipeline_without_auto_respond_only_reports_the_turn() -> None:
     assert not llm.requests and not [e for e in events if isinstance(e, ResponseDone)]
     item = events[-1]
     assert isinstance(item, TranscriptFinal) and p.history.get(item.item_id) is not None
+
+
+@dataclass
+class JudgeDouble:
+    """An end-of-turn model that always gives ``p``, and counts the questions."""
+
+    p: float
+    name: str = "judge-double"
+    sample_rate: int = 16000
+    asked: int = 0
+
+    async def end_of_turn(self, audio: Frame) -> float:
+        self.asked += 1
+        return self.p
+
+
+async def committed_after(
+    engines: object, frames: list[Frame], *, pace_silence: bool = False, **turn: object
+) -> list[float]:
+    """Input ms at which each turn was committed, feeding ``frames`` in 20 ms packets; with
+    ``pace_silence`` silent frames go at real time (a real model's answer takes a while)."""
+    at: list[float] = []
+    p: Pipeline
+
+    def sink(event: PipelineEvent) -> None:
+        if type(event).__name__ == "InputCommitted":
+            at.append(p.input_ms)
+
+    p = Pipeline(engines, fake_settings(**turn), auto_respond=False, sink=sink)  # type: ignore[arg-type]
+    async with p:
+        for frame in frames:
+            n = frame.sample_rate // 50
+            for i in range(0, len(frame), n):
+                await p.push(Frame(frame.samples[i : i + n], frame.sample_rate))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if pace_silence and not frame.samples.any():
+                    await asyncio.sleep(0.02)
+    return at
+
+
+@pytest.mark.parametrize(("p", "lo", "hi"), [(0.9, 1200, 1400), (0.1, 2400, 2600)])
+async def test_semantic_vad_asks_the_model_once_per_pause(p: float, lo: int, hi: int) -> None:
+    base, *_ = fake_engines()
+    judge = JudgeDouble(p)
+    engines = type(base)(vad=base.vad, asr=base.asr, llm=base.llm, tts=base.tts, turn=judge)
+    frames = [tone(1000), Frame.silence(2000, 16000)]
+    at = await committed_after(engines, frames, type="semantic_vad", eagerness="auto")
+    # Speech ends at 1000 ms: a finished turn ends ~200 ms into the silence (the question
+    # plus the VAD's windows); an unfinished one waits for the 1500 ms cap.
+    assert len(at) == 1 and lo <= at[0] <= hi
+    assert judge.asked == 1
+
+
+async def test_semantic_vad_without_a_model_is_a_silence_window() -> None:
+    engines, *_ = fake_engines()
+    frames = [tone(1000), Frame.silence(2000, 16000)]
+    at = await committed_after(engines, frames, type="semantic_vad", eagerness="high")
+    assert len(at) == 1 and 1250 <= at[0] <= 1450  # high: 300 ms of silence
+
+
+async def test_semantic_vad_with_smart_turn_on_real_speech(clips: dict[str, Clip]) -> None:
+    from parley.audio.files import read_audio
+    from parley.audio.resample import resample
+    from parley.engines.smart_turn import SmartTurn
+
+    base, *_ = fake_engines()
+    engines = type(base)(
+        vad=SileroVAD(), asr=base.asr, llm=base.llm, tts=base.tts, turn=SmartTurn()
+    )
+    audio = resample(read_audio(clips["en_sb_birch_canoe"].path), 16000)
+    cut = round(2.0 * 16000)  # "the birch canoe slid on the | smooth planks"
+    pause = Frame.silence(1000, 16000)
+    # Mid-thought: a one-second pause after "slid on the" does not end the turn.
+    first, rest = Frame(audio.samples[:cut], 16000), Frame(audio.samples[cut:], 16000)
+    at = await committed_after(
+        engines,
+        [first, pause, rest, Frame.silence(2000, 16000)],
+        pace_silence=True,
+        type="semantic_vad",
+    )
+    assert len(at) == 1
+    # A finished sentence ends well before the 1500 ms cap.
+    end = audio.duration_ms
+    at = await committed_after(
+        engines, [audio, Frame.silence(2000, 16000)], pace_silence=True, type="semantic_vad"
+    )
+    assert len(at) == 1 and at[0] - end < 1000

@@ -200,4 +200,5 @@ def instrument(engines: Engines, on_call: Report, on_error: Report) -> Engines:
         asr=InstrumentedASR(engines.asr, on_call, on_error),
         llm=InstrumentedLLM(engines.llm, on_call, on_error),
         tts=InstrumentedTTS(engines.tts, on_call, on_error),
+        turn=engines.turn,
     )

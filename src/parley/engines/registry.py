@@ -11,8 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from parley.config import ASRSettings, LLMSettings, Settings, TTSSettings, VADSettings
+from parley.config import (
+    ASRSettings,
+    LLMSettings,
+    Settings,
+    TTSSettings,
+    TurnDetectionSettings,
+    VADSettings,
+)
 from parley.engines.base import ASR, LLM, TTS, VAD
+from parley.engines.smart_turn import EndOfTurn
 from parley.errors import ConfigError
 
 __all__ = [
@@ -147,6 +155,26 @@ class Engines:
     asr: ASR
     llm: LLM
     tts: TTS
+    # The end-of-turn model of semantic_vad; None: semantic_vad is a silence window.
+    turn: EndOfTurn | None = None
+
+
+def build_turn(s: TurnDetectionSettings) -> EndOfTurn | None:
+    if s.model == "none":
+        return None
+    if s.model != "smart-turn":
+        raise ConfigError(
+            f"unknown end-of-turn model {s.model!r}; use smart-turn or none",
+            param="turn_detection.model",
+        )
+    from parley.engines.smart_turn import SmartTurn
+
+    try:
+        return SmartTurn(**s.model_options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"turn_detection.model_options: {exc}", param="turn_detection.model_options"
+        ) from exc
 
 
 def build_engines(settings: Settings) -> Engines:
@@ -155,6 +183,7 @@ def build_engines(settings: Settings) -> Engines:
         asr=build_asr(settings.asr),
         llm=build_llm(settings.llm),
         tts=build_tts(settings.tts),
+        turn=build_turn(settings.turn_detection),
     )
 
 

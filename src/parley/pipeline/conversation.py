@@ -86,6 +86,7 @@ class Pipeline:
             on_turn_closed=self._turn_closed,
             on_turn_heard=self._turn_heard,
             turn_detection=settings.turn_detection,
+            end_of_turn=engines.turn,
         )
         self.responder = Responder(
             engines.llm,

@@ -24,6 +24,7 @@ from parley.audio.formats import WireFormat, parse_wire_format
 from parley.config import Settings, TurnDetectionSettings
 from parley.engines.base import OPENAI_VOICE_NAMES, ContentPart, ToolSpec
 from parley.errors import Code, ProtocolError, as_parley_error
+from parley.pipeline.listener import EAGERNESS_SILENCE_MS
 from parley.pipeline.options import ResponseOptions
 from parley.realtime import wire
 
@@ -47,9 +48,6 @@ __all__ = [
 
 SessionKind = Literal["realtime", "transcription"]
 
-# semantic_vad's eagerness as a silence window for the endpointer: how long to wait before
-# deciding the caller has finished (OpenAI: "low" waits longest, "high" answers soonest).
-EAGERNESS_SILENCE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}
 
 OPENAI_VOICES = frozenset(OPENAI_VOICE_NAMES)
 # A voice name as any engine spells one (``en-us+f3``, ``en_US-joe-medium``, ``speaker:3``):
@@ -313,12 +311,13 @@ def turn_detection(config: wire.SessionConfig, d: SessionDefaults) -> TurnDetect
     realtime = (config.type or "realtime") == "realtime"
     if isinstance(td, wire.SemanticVad):
         return TurnDetectionSettings(
-            type="server_vad",
+            type="semantic_vad",
             threshold=base.threshold,
             prefix_padding_ms=base.prefix_padding_ms,
             silence_duration_ms=EAGERNESS_SILENCE_MS[td.eagerness or "auto"],
             create_response=td.create_response is not False and realtime,
             interrupt_response=td.interrupt_response is not False,
+            eagerness=td.eagerness or "auto",
         )
     return TurnDetectionSettings(
         type="server_vad",
