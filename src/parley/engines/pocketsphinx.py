@@ -1,13 +1,12 @@
-"""CMU PocketSphinx speech recognition, in-process (the en-US model ships in the wheel).
+"""CMU PocketSphinx speech recognition (the en-US model ships in the wheel): the engine, and the
+worker processes it decodes in.
 
 The decoder is tuned for turn latency rather than for the last point of accuracy: the default
 configuration's second pass (``fwdflat``) makes ``end_utt()`` cost 150-700 ms on a small machine,
 so it is off, and the beams are narrowed (measured ~5-10x real time with end_utt < 20 ms and
 similar word accuracy on the shared clips). Every setting can be overridden through the
-constructor's ``decoder_options``.
-
-A decoder takes ~0.33 s and ~90 MB to load, so loaded decoders wait in a pool and each stream
-borrows one for its utterance.
+constructor's ``decoder_options``. What happens next to a decoder (pooling, utterances cut into
+bounded segments, a worker's request loop) is in :mod:`parley.engines.pocketsphinx_decoder`.
 
 Where decoding runs: pocketsphinx holds the GIL for the whole of ``process_raw`` (measured: the
 event loop made no progress at all while another thread decoded), so a thread pool would stall
@@ -16,55 +15,63 @@ every session's I/O and use one core at most. By default the engine therefore de
 parent only waits on a pipe from a thread. ``processes=0`` decodes in threads of this process
 instead (fine for one caller, e.g. the CLI). This module recognises audio; it must not detect
 speech or end turns.
+
+Bounded memory, however fast audio arrives: a decoder costs ~90 MB, and every utterance in
+flight holds one, so a client that sends a minute of speech in a second (many turns recognised
+at once) made each worker load a decoder per turn (measured: 20 streams on 2 workers grew each
+by 870 MB, kept). At most ``streams_per_process`` streams now decode at once per worker; later
+ones wait for a free place (holding nothing), and audio goes to a worker in pieces of at most
+1 s, one request at a time. A worker that, idle, still holds more than ``max_rss_mb`` is
+replaced.
+
+A worker that dies (killed, crashed) is noticed by the request in flight on it (end of file on
+its pipe), by the next request that would use it, or by :meth:`PocketsphinxASR.health`. It is
+reaped at once (no zombie) and a replacement is started; the utterances it held fail with an
+:class:`~parley.errors.EngineError` (their decoder state is gone), later requests go to the
+replacement, and :meth:`~PocketsphinxASR.health` says ``degraded`` until the replacement is
+ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
+import logging
 import multiprocessing
 import os
-import re
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.connection import wait
+from typing import Any, Literal
 
-from pocketsphinx import Config, Decoder
+from pocketsphinx import Config
 
 from parley.audio.frames import Frame
-from parley.engines.base import Transcript, Word
-from parley.errors import BadAudioError, ConfigError, EngineUnavailableError
+from parley.engines.base import EngineHealth, Transcript
+from parley.engines.pocketsphinx_decoder import (
+    DEFAULT_DECODER_OPTIONS,
+    SAMPLE_RATE,
+    DecoderPool,
+    Utterance,
+    transcribe_with,
+    worker_main,
+)
+from parley.errors import BadAudioError, ConfigError, EngineError, EngineUnavailableError
 
 __all__ = ["DEFAULT_DECODER_OPTIONS", "PocketsphinxASR"]
 
-_SAMPLE_RATE = 16000
-# Audio goes to the decoder in blocks of this size (100 ms), whatever the caller's chunking.
-_BLOCK_BYTES = 2 * 1600
+log = logging.getLogger("parley.engines.pocketsphinx")
 
-DEFAULT_DECODER_OPTIONS: dict[str, Any] = {
-    "beam": 1e-40,
-    "wbeam": 1e-30,
-    "pbeam": 1e-40,
-    "fwdflat": False,
-    "bestpath": False,
-    # Caps the HMMs searched per frame: ~1.8x faster here at the same word error rate (0.47 on
-    # ../shared/speech; 2000 gave 0.48, 1500 gave 0.51).
-    "maxhmmpf": 3000,
-    "loglevel": "FATAL",
-}
-
-# "and(2)" is the second pronunciation of "and".
-_ALTERNATE = re.compile(r"\(\d+\)$")
-
-
-def _clean(word: str) -> str | None:
-    """A recognised word without its pronunciation suffix; None for fillers (<s>, [NOISE], ...)."""
-    if not word or word[0] in "<[+":
-        return None
-    return _ALTERNATE.sub("", word) or None
+# Audio goes to a worker in pieces of at most this (1 s): a coalesced backlog neither lands in a
+# worker whole nor keeps a stream from noticing that it was cancelled.
+_PIECE_BYTES = 2 * SAMPLE_RATE
+# A slot whose workers died this many times in a row without becoming ready is down.
+_DOWN_AFTER = 3
 
 
 def _normalise_language(language: str) -> str:
@@ -77,272 +84,220 @@ def _supported(language: str) -> bool:
     return code == "en" or code.startswith("en-")
 
 
-class _DecoderPool:
-    """Idle decoders, shared by every stream of one engine; safe to use from any thread.
-
-    A decoder's live cepstral mean adapts to the audio it hears and would carry one caller's
-    channel into the next caller's utterance (measured: WER 0.54 instead of 0.46 over the shared
-    clips), so a returned decoder has its feature computation reset (~0.1 ms).
-    """
-
-    __slots__ = ("_idle", "_lock", "_max_idle", "_options")
-
-    def __init__(self, options: dict[str, Any], max_idle: int) -> None:
-        self._options = options
-        self._max_idle = max_idle
-        self._idle: list[Decoder] = []
-        self._lock = threading.Lock()
-
-    def acquire(self) -> Decoder:
-        """An idle decoder, or a newly loaded one (slow: call it off the event loop)."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._load()
-
-    def release(self, decoder: Decoder) -> None:
-        decoder.reinit_feat()
-        with self._lock:
-            if len(self._idle) < self._max_idle:
-                self._idle.append(decoder)
-
-    def add(self) -> None:
-        self.release(self._load())
-
-    def _load(self) -> Decoder:
-        try:
-            return Decoder(**self._options)
-        except (KeyError, ValueError, RuntimeError, OSError) as exc:
-            raise EngineUnavailableError(
-                f"pocketsphinx decoder could not be loaded: {exc}"
-            ) from exc
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._idle)
+def _pieces(pcm: bytes) -> Iterator[bytes]:
+    for i in range(0, len(pcm), _PIECE_BYTES):
+        yield pcm[i : i + _PIECE_BYTES]
 
 
-class _Utterance:
-    """One stream's borrowed decoder. Its methods run in worker threads, one at a time."""
-
-    __slots__ = (
-        "_decoder",
-        "_done",
-        "_frate",
-        "_lock",
-        "_partial_samples",
-        "_pending",
-        "_pool",
-        "_samples",
-        "_since_partial",
-    )
-
-    def __init__(self, pool: _DecoderPool, partial_samples: int, frate: int) -> None:
-        self._pool = pool
-        self._partial_samples = partial_samples
-        self._frate = frate
-        self._decoder: Decoder | None = None
-        self._samples = 0
-        self._since_partial = 0
-        self._pending = bytearray()
-        self._done = False
-        # A cancelled stream's last feed() may still be running when abort() is submitted.
-        self._lock = threading.Lock()
-
-    def feed(self, pcm: bytes) -> str | None:
-        """Decode more audio; returns the hypothesis text when a partial is due."""
-        with self._lock:
-            if self._done:
-                return None
-            decoder = self._start()
-            # Decode in fixed blocks whatever the chunking of the input: the decoder's live
-            # normalisation updates per call, so the same audio cut differently (as a loaded
-            # server coalesces packets) would otherwise give a different transcript.
-            self._pending += pcm
-            whole = len(self._pending) - len(self._pending) % _BLOCK_BYTES
-            if whole == 0:
-                return None
-            decoder.process_raw(bytes(self._pending[:whole]), False, False)
-            del self._pending[:whole]
-            n = whole // 2
-            self._samples += n
-            self._since_partial += n
-            if self._since_partial < self._partial_samples:
-                return None
-            self._since_partial = 0
-            hyp = decoder.hyp()
-            return " ".join(_hyp_words(hyp.hypstr)) if hyp is not None else ""
-
-    def finish(self) -> Transcript:
-        """End the utterance and return the decoder; the final transcript."""
-        with self._lock:
-            if self._done:
-                raise RuntimeError("utterance already finished")
-            self._done = True
-            if self._decoder is None:
-                # No audio came: nothing to decode, no decoder to borrow.
-                return Transcript(text="", is_final=True, language="en")
-            decoder = self._decoder
-            try:
-                if self._pending:
-                    decoder.process_raw(bytes(self._pending), False, False)
-                    self._samples += len(self._pending) // 2
-                    self._pending.clear()
-                decoder.end_utt()
-                return _final(decoder, self._frate, self._samples / _SAMPLE_RATE)
-            finally:
-                self._decoder = None
-                self._pool.release(decoder)
-
-    def abort(self) -> None:
-        """End the utterance, drop its result and give the decoder back (idempotent)."""
-        with self._lock:
-            self._done = True
-            decoder, self._decoder = self._decoder, None
-            if decoder is None:
-                return
-            try:
-                decoder.end_utt()
-            finally:
-                self._pool.release(decoder)
-
-    def _start(self) -> Decoder:
-        if self._decoder is None:
-            decoder = self._pool.acquire()
-            try:
-                decoder.start_utt()
-            except BaseException:
-                self._pool.release(decoder)
-                raise
-            self._decoder = decoder
-        return self._decoder
-
-
-def _hyp_words(text: str) -> list[str]:
-    return [w for w in (_clean(t) for t in text.split()) if w]
-
-
-def _final(decoder: Decoder, frate: int, duration_s: float) -> Transcript:
-    """The transcript of an ended utterance, word times clamped to the audio it was given."""
-    words: list[Word] = []
-    for seg in decoder.seg():
-        text = _clean(seg.word)
-        if text is None:
-            continue
-        start = min(seg.start_frame / frate, duration_s)
-        end = min((seg.end_frame + 1) / frate, duration_s)
-        words.append(Word(text=text, start_s=start, end_s=max(start, end)))
-    if words:
-        text = " ".join(w.text for w in words)
-    else:
-        hyp = decoder.hyp()
-        text = " ".join(_hyp_words(hyp.hypstr)) if hyp is not None else ""
-    return Transcript(text=text, is_final=True, words=tuple(words), language="en")
+def _rss_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` (Linux ``/proc``); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 # --- worker processes ---------------------------------------------------------------------------
 
 
-def _worker_main(
-    conn: Connection,
-    options: dict[str, Any],
-    partial_samples: int,
-    frate: int,
-    max_idle: int,
-    warm: int,
-) -> None:
-    """A decoding process: requests in order on ``conn``, one reply each."""
-    pool = _DecoderPool(options, max(max_idle, warm))
-    utterances: dict[int, _Utterance] = {}
-    for _ in range(warm):
-        pool.add()
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        kind, uid, payload = request
-        try:
-            match kind:
-                case "feed":
-                    utterance = utterances.get(uid)
-                    if utterance is None:
-                        utterance = utterances[uid] = _Utterance(pool, partial_samples, frate)
-                    reply: object = ("ok", utterance.feed(payload))
-                case "finish":
-                    utterance = utterances.pop(uid, None) or _Utterance(
-                        pool, partial_samples, frate
-                    )
-                    reply = ("ok", utterance.finish())
-                case "abort":
-                    utterance = utterances.pop(uid, None)
-                    if utterance is not None:
-                        utterance.abort()
-                    reply = ("ok", None)
-                case "transcribe":
-                    reply = ("ok", _transcribe_with(pool, payload, frate))
-                case "close":
-                    conn.send(("ok", None))
-                    return
-                case _:
-                    reply = ("error", f"unknown request {kind!r}")
-        except Exception as exc:  # reported to the caller, the worker lives on
-            reply = ("error", f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+class _Worker:
+    """The parent's end of one decoding process, from its start to its reaping.
 
+    ``call`` blocks: run it from a thread. Once the process is gone (``lost``) it stays gone:
+    its slot starts another :class:`_Worker`.
+    """
 
-class _ProcessWorker:
-    """The parent's end of one decoding process. ``call`` blocks: run it from a thread."""
-
-    def __init__(self, context: Any, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, context: Any, args: tuple[Any, ...], on_lost: Callable[[_Worker], None]
+    ) -> None:
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_worker_main, args=(child, *args), daemon=True, name="parley-pocketsphinx"
+            target=worker_main, args=(child, *args), daemon=True, name="parley-pocketsphinx"
         )
         self._process.start()
         child.close()
-        self._lock = threading.Lock()
-        self.active = 0  # utterances bound to this worker
+        self.pid: int = self._process.pid
+        self._on_lost = on_lost
+        self._lock = threading.Lock()  # one request at a time on the pipe
+        self._state = threading.Lock()  # noticing the end and reaping, once
+        self.ready = False  # the process said it had loaded its decoders
+        self.lost: BaseException | None = None  # why it is gone
+        self.exitcode: int | None = None
+        self.users = 0  # streams and transcriptions on this process (event loop only)
 
     def call(self, kind: str, uid: int, payload: object = None) -> Any:
         with self._lock:
+            if self.lost is not None:
+                raise self._gone() from self.lost
             try:
+                if not self.ready:
+                    self._conn.recv()  # ("ready", pid)
+                    self.ready = True
                 self._conn.send((kind, uid, payload))
                 status, value = self._conn.recv()
-            except (EOFError, OSError, BrokenPipeError) as exc:
-                raise EngineUnavailableError("a pocketsphinx worker process died") from exc
+            except (EOFError, OSError) as exc:  # BrokenPipeError, ConnectionResetError
+                cause: BaseException | None = exc
+            else:
+                cause = None
+        if cause is not None:
+            self._lose(cause)
+            raise self._gone() from cause
         if status == "error":
             raise EngineUnavailableError(f"pocketsphinx worker failed: {value}")
         return value
 
+    def alive(self) -> bool:
+        """False once the process has ended (then it is reaped and its slot told)."""
+        with self._state:
+            if self.lost is not None:
+                return False
+            if not wait([self._process.sentinel], 0):
+                return True
+        self._lose(ChildProcessError(f"pocketsphinx worker process {self.pid} exited"))
+        return False
+
+    def poll_ready(self) -> bool:
+        """Whether the process is ready, without waiting for it."""
+        if self.ready or self.lost is not None or not self._lock.acquire(blocking=False):
+            return self.ready
+        try:
+            if self._conn.poll():
+                self._conn.recv()
+                self.ready = True
+        except (EOFError, OSError):
+            pass  # it died: the next alive() or call() finds out
+        finally:
+            self._lock.release()
+        return self.ready
+
     def close(self) -> None:
+        """Ask the process to exit, and reap it (a no-op once it is gone)."""
+        with self._state:
+            if self.lost is not None:
+                return
+            self.lost = EOFError("closed")
         try:
             with self._lock:
                 self._conn.send(("close", 0, None))
-        except (OSError, BrokenPipeError):
+        except OSError:
             pass
-        self._process.join(timeout=2)
-        if self._process.is_alive():
-            self._process.kill()
+        self._reap()
         self._conn.close()
 
+    def _lose(self, cause: BaseException) -> None:
+        with self._state:
+            if self.lost is not None:
+                return
+            self.lost = cause
+            self._reap()
+        log.warning("pocketsphinx worker %d ended (%s); starting another", self.pid, self._how())
+        self._on_lost(self)
 
-def _transcribe_with(pool: _DecoderPool, pcm: bytes, frate: int) -> Transcript:
-    decoder = pool.acquire()
-    try:
-        decoder.start_utt()
+    def _reap(self) -> None:
+        self._process.join(timeout=2)
+        if self._process.exitcode is None:  # its pipe broke but it lingers
+            self._process.kill()
+            self._process.join(timeout=2)
+        self.exitcode = self._process.exitcode
+
+    def _how(self) -> str:
+        code = self.exitcode
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def _gone(self) -> EngineError:
+        return EngineError(
+            f"the pocketsphinx worker process {self.pid} ended ({self._how()}) while "
+            "recognising; its utterance is lost"
+        )
+
+
+class _Slot:
+    """One place in the pool of workers: the current worker, and a new one when it dies."""
+
+    def __init__(self, start: Callable[[Callable[[_Worker], None]], _Worker]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self.failures = 0  # workers of this slot that died since one was last ready
+        self.worker = start(self._lost)
+
+    def live(self) -> _Worker:
+        """The current worker, replaced first if it has died."""
+        worker = self.worker
+        return worker if worker.alive() else self.worker
+
+    def state(self) -> Literal["ok", "restarting", "down"]:
+        worker = self.live()
+        if worker.poll_ready():
+            with self._lock:
+                if self.worker is worker:
+                    self.failures = 0
+        if not self.failures:
+            return "ok"
+        return "down" if self.failures >= _DOWN_AFTER else "restarting"
+
+    def recycle(self, worker: _Worker) -> bool:
+        """Start a fresh worker in place of ``worker`` (which the caller then closes)."""
+        with self._lock:
+            if self.worker is not worker:
+                return False
+            self.worker = self._start(self._lost)
+            return True
+
+    def _lost(self, worker: _Worker) -> None:
+        with self._lock:
+            if self.worker is not worker:
+                return
+            if worker.ready:
+                self.failures = 0
+            self.failures += 1
+            self.worker = self._start(self._lost)
+
+
+class _Capacity:
+    """At most ``per_slot`` streams at a time in each of ``slots`` places; later streams wait
+    in order, holding nothing. Event loop only."""
+
+    def __init__(self, slots: int, per_slot: int) -> None:
+        self.counts = [0] * slots
+        self._per_slot = per_slot
+        self._waiters: deque[asyncio.Future[int]] = deque()
+
+    async def acquire(self) -> int:
+        index = min(range(len(self.counts)), key=self.counts.__getitem__)
+        if self.counts[index] < self._per_slot and not self._waiters:
+            self.counts[index] += 1
+            return index
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            decoder.process_raw(pcm, False, True)
-        finally:
-            decoder.end_utt()
-        return _final(decoder, frate, len(pcm) / 2 / _SAMPLE_RATE)
-    finally:
-        pool.release(decoder)
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed a place just as it was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self, index: int) -> None:
+        self.counts[index] -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.counts[index] += 1
+                waiter.set_result(index)
+                return
 
 
-def _shutdown(workers: list[_ProcessWorker], executor: ThreadPoolExecutor) -> None:
-    for worker in workers:
-        worker.close()
+def _shutdown(slots: list[_Slot], executor: ThreadPoolExecutor) -> None:
+    for slot in slots:
+        slot.worker.close()
     executor.shutdown(wait=False)
 
 
@@ -351,15 +306,18 @@ class PocketsphinxASR:
 
     ``partial_interval_ms``: the most often (in audio time) a partial is produced; a partial is
     only produced when the hypothesis changed. ``processes``: decoding processes (default:
-    one per core; 0 decodes in threads of this process). ``warm``: decoders loaded up front
-    (per process). ``max_idle``: decoders kept loaded between streams, per process (each holds
-    ~90 MB). ``threads``: decoding threads when ``processes`` is 0 (default: the CPU count, at
-    most 4). Other keyword arguments are pocketsphinx decoder settings and override
-    :data:`DEFAULT_DECODER_OPTIONS`.
+    one per core; 0 decodes in threads of this process). ``streams_per_process``: streams
+    decoding at once per process (each holds a decoder, ~90 MB); more wait their turn.
+    ``warm``: decoders loaded up front (per process). ``max_idle``: decoders kept loaded between
+    streams, per process. ``segment_s``: an utterance is decoded in segments of about this
+    length, which bounds a decoder's memory. ``max_rss_mb``: a worker process that holds more
+    than this when idle is replaced (None: never). ``threads``: decoding threads when
+    ``processes`` is 0 (default: the CPU count, at most 4). Other keyword arguments are
+    pocketsphinx decoder settings and override :data:`DEFAULT_DECODER_OPTIONS`.
     """
 
     name = "pocketsphinx"
-    sample_rate = _SAMPLE_RATE
+    sample_rate = SAMPLE_RATE
 
     def __init__(
         self,
@@ -367,7 +325,10 @@ class PocketsphinxASR:
         *,
         partial_interval_ms: float = 200.0,
         warm: int = 0,
-        max_idle: int = 8,
+        max_idle: int = 2,
+        streams_per_process: int = 4,
+        segment_s: float = 30.0,
+        max_rss_mb: float | None = 512.0,
         threads: int | None = None,
         processes: int | None = None,
         **decoder_options: Any,
@@ -377,52 +338,110 @@ class PocketsphinxASR:
                 f"pocketsphinx supports only English ('en', 'en-US', ...), not {language!r}",
                 param="asr.language",
             )
-        if partial_interval_ms <= 0:
-            raise ConfigError("partial_interval_ms must be positive", param="asr.options")
+        if (
+            partial_interval_ms <= 0
+            or segment_s <= 0
+            or (max_rss_mb is not None and max_rss_mb <= 0)
+        ):
+            raise ConfigError(
+                "partial_interval_ms, segment_s and max_rss_mb must be positive",
+                param="asr.options",
+            )
         if (
             warm < 0
             or max_idle < 0
+            or streams_per_process < 1
             or (threads is not None and threads < 1)
             or (processes is not None and processes < 0)
         ):
             raise ConfigError(
-                "warm, max_idle and processes must be >= 0 and threads >= 1", param="asr.options"
+                "warm, max_idle and processes must be >= 0, threads and streams_per_process >= 1",
+                param="asr.options",
             )
         options = {**DEFAULT_DECODER_OPTIONS, **decoder_options}
         try:
             config = Config(**options)
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"bad pocketsphinx option: {exc}", param="asr.options") from exc
-        if int(config["samprate"]) != _SAMPLE_RATE:
-            raise ConfigError(f"pocketsphinx samprate must be {_SAMPLE_RATE}", param="asr.options")
+        if int(config["samprate"]) != SAMPLE_RATE:
+            raise ConfigError(f"pocketsphinx samprate must be {SAMPLE_RATE}", param="asr.options")
         self._frate = int(config["frate"])
-        self._partial_samples = max(1, round(partial_interval_ms * _SAMPLE_RATE / 1000))
-        self._pool = _DecoderPool(options, max(max_idle, warm))
+        self._partial_samples = max(1, round(partial_interval_ms * SAMPLE_RATE / 1000))
+        self._segment_s = segment_s
+        self._max_rss = None if max_rss_mb is None else int(max_rss_mb * 2**20)
+        self._pool = DecoderPool(options, max(max_idle, warm))
         self._processes = (os.cpu_count() or 1) if processes is None else processes
-        self._workers: list[_ProcessWorker] = []
-        self._worker_args = (options, self._partial_samples, self._frate, max_idle, warm)
+        self._capacity = _Capacity(max(1, self._processes), streams_per_process)
+        self._slots: list[_Slot] = []
+        self._worker_args = (
+            options,
+            self._partial_samples,
+            self._frate,
+            max_idle,
+            warm,
+            segment_s,
+        )
         self._uids = itertools.count(1)
         workers = threads if threads is not None else min(4, os.cpu_count() or 1)
-        # With worker processes these threads only wait on pipes, two per process at most.
-        workers = max(workers, 2 * self._processes)
+        # With worker processes these threads only wait on pipes: one per stream, and one more
+        # per process for a transcription.
+        workers = max(workers, (streams_per_process + 1) * self._processes)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="pocketsphinx")
-        weakref.finalize(self, _shutdown, self._workers, self._executor)
+        weakref.finalize(self, _shutdown, self._slots, self._executor)
         if self._processes == 0:
             for _ in range(warm):
                 self._pool.add()
 
-    def _worker(self) -> _ProcessWorker:
-        """The least busy worker process (started on first use: spawning costs ~0.5 s)."""
-        if not self._workers:
-            context = multiprocessing.get_context("spawn")
-            self._workers.extend(
-                _ProcessWorker(context, self._worker_args) for _ in range(self._processes)
+    # --- workers -------------------------------------------------------------------------------
+
+    def _start_workers(self) -> list[_Slot]:
+        """The worker slots, started on first use (spawning costs ~0.5 s)."""
+        if not self._slots:
+            start = functools.partial(
+                _Worker, multiprocessing.get_context("spawn"), self._worker_args
             )
-        return min(self._workers, key=lambda w: w.active)
+            self._slots.extend(_Slot(start) for _ in range(self._processes))
+        return self._slots
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (none before first use, or with ``processes=0``)."""
+        return [slot.worker.pid for slot in self._slots]
+
+    def _done_with(self, slot: _Slot, worker: _Worker) -> None:
+        """A stream or transcription has finished with ``worker``: recycle it if it is idle
+        and holds too much memory."""
+        worker.users -= 1
+        if worker.users or self._max_rss is None or not worker.ready or not worker.alive():
+            return
+        rss = _rss_bytes(worker.pid)
+        if rss is None or rss <= self._max_rss or not slot.recycle(worker):
+            return
+        log.info("pocketsphinx worker %d holds %d MB idle; replacing it", worker.pid, rss >> 20)
+        with contextlib.suppress(RuntimeError):  # the executor is shut down: so is the engine
+            self._executor.submit(worker.close)
+
+    def health(self) -> EngineHealth:
+        """``degraded`` while a worker that died is being replaced, ``down`` when no worker
+        can start; never blocks (a dead worker is reaped and replaced here too)."""
+        if not self._slots:
+            return EngineHealth("ok")
+        states = [slot.state() for slot in self._slots]
+        n = len(states)
+        down, restarting = states.count("down"), states.count("restarting")
+        if down == n:
+            return EngineHealth("down", f"{n} of {n} recogniser workers failing to start")
+        parts = []
+        if restarting:
+            parts.append(f"{restarting} of {n} recogniser workers restarting")
+        if down:
+            parts.append(f"{down} of {n} recogniser workers failing to start")
+        return EngineHealth("degraded", "; ".join(parts)) if parts else EngineHealth("ok")
+
+    # --- recognition -------------------------------------------------------------------------
 
     @property
     def idle(self) -> int:
-        """Loaded decoders waiting for a stream."""
+        """Loaded decoders waiting for a stream (``processes=0``)."""
         return len(self._pool)
 
     def _check(self, language: str | None) -> None:
@@ -437,23 +456,34 @@ class PocketsphinxASR:
     ) -> AsyncGenerator[Transcript, None]:
         """Partials while ``audio`` flows (when the hypothesis changes); one final at its end."""
         self._check(language)
-        if self._processes:
-            async for transcript in self._stream_in_worker(audio):
-                yield transcript
-            return
+        index = await self._capacity.acquire()
+        try:
+            inner = (
+                self._stream_in_worker(self._start_workers()[index], audio)
+                if self._processes
+                else self._stream_in_thread(audio)
+            )
+            async with contextlib.aclosing(inner) as transcripts:
+                async for transcript in transcripts:
+                    yield transcript
+        finally:
+            self._capacity.release(index)
+
+    async def _stream_in_thread(
+        self, audio: AsyncIterable[Frame]
+    ) -> AsyncGenerator[Transcript, None]:
         loop = asyncio.get_running_loop()
-        utterance = _Utterance(self._pool, self._partial_samples, self._frate)
+        utterance = Utterance(self._pool, self._partial_samples, self._frate, self._segment_s)
         finished = False
         try:
             last = ""
             async for frame in audio:
                 _check_rate(frame)
-                if not len(frame):
-                    continue
-                text = await loop.run_in_executor(self._executor, utterance.feed, frame.to_bytes())
-                if text and text != last:
-                    last = text
-                    yield Transcript(text=text, is_final=False, language="en")
+                for piece in _pieces(frame.to_bytes()):
+                    text = await loop.run_in_executor(self._executor, utterance.feed, piece)
+                    if text and text != last:
+                        last = text
+                        yield Transcript(text=text, is_final=False, language="en")
             final = await loop.run_in_executor(self._executor, utterance.finish)
             finished = True
             yield final
@@ -464,58 +494,70 @@ class PocketsphinxASR:
                 await asyncio.shield(loop.run_in_executor(self._executor, utterance.abort))
 
     async def _stream_in_worker(
-        self, audio: AsyncIterable[Frame]
+        self, slot: _Slot, audio: AsyncIterable[Frame]
     ) -> AsyncGenerator[Transcript, None]:
         loop = asyncio.get_running_loop()
-        worker = self._worker()
         uid = next(self._uids)
-        worker.active += 1
+        worker: _Worker | None = None  # bound with the first audio, to a live worker
         finished = False
         try:
             last = ""
             async for frame in audio:
                 _check_rate(frame)
-                if not len(frame):
-                    continue
-                text = await loop.run_in_executor(
-                    self._executor, worker.call, "feed", uid, frame.to_bytes()
-                )
-                if text and text != last:
-                    last = text
-                    yield Transcript(text=text, is_final=False, language="en")
-            final: Transcript = await loop.run_in_executor(
-                self._executor, worker.call, "finish", uid
-            )
+                for piece in _pieces(frame.to_bytes()):
+                    if worker is None:
+                        worker = slot.live()
+                        worker.users += 1
+                    text = await loop.run_in_executor(
+                        self._executor, worker.call, "feed", uid, piece
+                    )
+                    if text and text != last:
+                        last = text
+                        yield Transcript(text=text, is_final=False, language="en")
+            if worker is None:
+                final = Transcript(text="", is_final=True, language="en")
+            else:
+                final = await loop.run_in_executor(self._executor, worker.call, "finish", uid)
             finished = True
             yield final
         finally:
-            worker.active -= 1
-            if not finished:
-                # Shielded so that a second cancellation cannot leave the decoder borrowed.
-                await asyncio.shield(
-                    loop.run_in_executor(self._executor, worker.call, "abort", uid)
-                )
+            try:
+                if worker is not None and not finished and worker.lost is None:
+                    # Shielded so that a second cancellation cannot leave the decoder
+                    # borrowed; a worker that dies meanwhile has nothing left to give back.
+                    with contextlib.suppress(EngineError):
+                        await asyncio.shield(
+                            loop.run_in_executor(self._executor, worker.call, "abort", uid)
+                        )
+            finally:
+                if worker is not None:
+                    self._done_with(slot, worker)
 
     async def transcribe(self, audio: Frame, *, language: str | None = None) -> Transcript:
         """A whole recording at once (batch normalisation: a little more accurate than stream)."""
         self._check(language)
         _check_rate(audio)
         loop = asyncio.get_running_loop()
-        if self._processes:
-            worker = self._worker()
+        if not self._processes:
+            return await loop.run_in_executor(self._executor, self._transcribe, audio.to_bytes())
+        slot = min(self._start_workers(), key=lambda s: s.worker.users)
+        worker = slot.live()
+        worker.users += 1
+        try:
             result: Transcript = await loop.run_in_executor(
                 self._executor, worker.call, "transcribe", 0, audio.to_bytes()
             )
-            return result
-        return await loop.run_in_executor(self._executor, self._transcribe, audio.to_bytes())
+        finally:
+            self._done_with(slot, worker)
+        return result
 
     def _transcribe(self, pcm: bytes) -> Transcript:
-        return _transcribe_with(self._pool, pcm, self._frate)
+        return transcribe_with(self._pool, pcm, self._frate, self._segment_s)
 
 
 def _check_rate(frame: Frame) -> None:
-    if frame.sample_rate != _SAMPLE_RATE:
+    if frame.sample_rate != SAMPLE_RATE:
         raise BadAudioError(
-            f"pocketsphinx needs {_SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz",
+            f"pocketsphinx needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz",
             param="audio",
         )
