@@ -123,11 +123,18 @@ class Server:
         return f"ws://{HOST}:{self.port}/v1/realtime"
 
     def rss_mib(self) -> float | None:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        return None
+        """The server process's resident memory."""
+        return _rss_mib(self.process.pid)
+
+    def workers_rss_mib(self) -> float:
+        """The resident memory of the processes the server started (pocketsphinx's decoders
+        live there), summed; shared pages count once per process."""
+        pending, total = _children(self.process.pid), 0.0
+        while pending:
+            pid = pending.pop()
+            total += _rss_mib(pid) or 0.0
+            pending.extend(_children(pid))
+        return round(total, 1)
 
     def problems(self) -> dict[str, Any]:
         """Tracebacks and ERROR lines the server logged (stdout and stderr together)."""
@@ -150,14 +157,34 @@ class Server:
         return self.process.returncode
 
 
-def start_server(workdir: Path, *, auth: bool = False, port: int | None = None) -> Server:
-    """``parley serve`` on ``port`` (a free one by default), database ``workdir/parley.db``."""
+def _rss_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def start_server(
+    workdir: Path, *, auth: bool = False, port: int | None = None, sets: Sequence[str] = ()
+) -> Server:
+    """``parley serve`` on ``port`` (a free one by default), database ``workdir/parley.db``,
+    with ``--set`` for each of ``sets``."""
     port = port or free_port()
     log = workdir / f"serve-{port}-{time.monotonic_ns()}.log"
     database = workdir / "parley.db"
     command = [sys.executable, "-m", "parley.cli", "serve", "--host", HOST, "--port", str(port)]
     command += ["--set", f"server.database={database}", "--log-level", "warning"]
     command += [] if auth else ["--no-auth"]
+    command += [arg for item in sets for arg in ("--set", item)]
     env = {**os.environ, "PARLEY_LLM_BASE_URL": ""}
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -275,15 +302,21 @@ class Conn:
         self._waiters.clear()
 
 
-def _reply_marks(marks: dict[str, Any], audio_only: bool = False) -> Callable[[Event], bool]:
-    """A predicate for the first response created from now on: notes its id and first delta,
-    accepts its ``response.done`` (or an error about the event ``marks["eid"]``)."""
+def _reply_marks(
+    marks: dict[str, Any], audio_only: bool = False, not_before: float = 0.0
+) -> Callable[[Event], bool]:
+    """A predicate for the first response created from now on (and not before ``not_before``,
+    a ``perf_counter`` time; earlier ones are counted in ``marks["early"]``): notes its id and
+    first delta, accepts its ``response.done`` (or an error about the event ``marks["eid"]``)."""
 
     def accept(event: Event) -> bool:
         kind = event["type"]
         if kind == "error":
             return "eid" in marks and event["error"].get("event_id") == marks["eid"]
         if kind == "response.created" and "rid" not in marks:
+            if time.perf_counter() < not_before:
+                marks["early"] = marks.get("early", 0) + 1
+                return False
             marks["rid"] = event["response"]["id"]
         delta = kind == "response.output_audio.delta" or (
             not audio_only and kind.endswith(".delta")
@@ -363,9 +396,11 @@ class Speech:
         of the speech to the first reply audio and to ``response.done``."""
         utterance = self.utterances[index % len(self.utterances)]
         marks: dict[str, Any] = {}
-        future = conn.expect(_reply_marks(marks, audio_only=True))
         start = time.perf_counter()
         speech_end = start + utterance.speech_end_s
+        # A reply begun before the speech ended answered part of it (the server heard a pause
+        # as the end of the turn); the user went on speaking over it. The turn is the next one.
+        future = conn.expect(_reply_marks(marks, audio_only=True, not_before=speech_end))
         i = 0
         while not future.done() and time.perf_counter() < speech_end + wait_s:
             delay = start + i * 0.02 - time.perf_counter()
@@ -389,6 +424,7 @@ class Speech:
             "first_s": None if first is None else first - speech_end,
             "done_s": time.perf_counter() - speech_end,
             "status": event["response"]["status"],
+            "early_replies": marks.get("early", 0),
         }
 
 
@@ -832,7 +868,7 @@ async def _fuzz(server: Server, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_fuzz(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="parley-fuzz-") as tmp:
-        server = start_server(Path(tmp))
+        server = start_server(Path(tmp), sets=args.set)
         try:
             result = asyncio.run(_fuzz(server, args))
         finally:
@@ -965,6 +1001,7 @@ async def _storm(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     pings_task = asyncio.create_task(_pings(pinger, t0, lambda: done["pings"]))
     before = await _turns(victim, speech, t0, n=args.baseline_turns, until=lambda: False)
     rss_before = server.rss_mib()
+    workers_before = server.workers_rss_mib()
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         results = Path(f.name)
     go = time.time() + 3  # the clients' process needs a moment to start
@@ -981,6 +1018,7 @@ async def _storm(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.to_thread(results.unlink)
     await asyncio.sleep(args.settle)
     rss_after = server.rss_mib()
+    workers_after = server.workers_rss_mib()
     after = await _turns(victim, speech, t0, n=args.baseline_turns, until=lambda: False)
     done["pings"] = True
     pings = await pings_task
@@ -1031,13 +1069,14 @@ async def _storm(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             "after_settle": rss_after,
             "settle_s": args.settle,
         },
+        "workers_rss_mib": {"before": workers_before, "after_settle": workers_after},
         "turn_details": {"before": before, "during": during, "after": after},
     }
 
 
 def run_storm(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="parley-storm-") as tmp:
-        server = start_server(Path(tmp))
+        server = start_server(Path(tmp), sets=args.set)
         try:
             result = asyncio.run(_storm(server, args))
         finally:
@@ -1068,6 +1107,10 @@ def run_storm(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             pair(clients["audio_processed_ms"]),
         ],
         ["RSS before / peak / after MiB", " / ".join(fmt(rss[k]) for k in rss if k != "settle_s")],
+        [
+            "worker processes' RSS before / after MiB",
+            " / ".join(fmt(v) for v in result["workers_rss_mib"].values()),
+        ],
         ["tracebacks / ERROR lines", f"{log['tracebacks']} / {log['error_lines']}"],
     ]
     show(console, "Storm: the storm's clients and the server", ["storm", "result"], rows)
@@ -1124,11 +1167,14 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     speech = await asyncio.to_thread(Speech) if args.turns == "speech" else None
     t0 = time.monotonic()
     samples: list[tuple[float, float | None]] = [(0.0, server.rss_mib())]
+    worker_samples: list[tuple[float, float]] = [(0.0, server.workers_rss_mib())]
 
     async def sample() -> None:
         while True:
             await asyncio.sleep(args.sample_s)
-            samples.append((round(time.monotonic() - t0, 1), server.rss_mib()))
+            at = round(time.monotonic() - t0, 1)
+            samples.append((at, server.rss_mib()))
+            worker_samples.append((at, server.workers_rss_mib()))
 
     sampler = asyncio.create_task(sample())
     workers = await asyncio.gather(
@@ -1137,12 +1183,14 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     sampler.cancel()
     await asyncio.sleep(args.settle)
     closed_rss = server.rss_mib()
+    closed_workers = server.workers_rss_mib()
     # Growth from the end of the first minute (a quarter of a shorter run): warm-up excluded.
     base_at = min(60.0, args.minutes * 15)
     base = next((r for t, r in samples if t >= base_at and r is not None), samples[0][1])
     last = next((r for _, r in reversed(samples) if r is not None), None)
     growth = None if base is None or last is None else round(100 * (last - base) / base, 1)
     turns = [s for w in workers for s in w["turns"]]
+    records = sorted((r for w in workers for r in w["records"]), key=lambda r: r["at_s"])
     errors = [e for w in workers for e in w["errors"]]
     return {
         "sessions_concurrent": args.sessions,
@@ -1151,6 +1199,8 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
         "sessions_opened": sum(w["sessions"] for w in workers),
         "turns": len(turns),
         "turn_ms": ms_summary(turns),
+        "statuses": dict(Counter(r["status"] for r in records)),
+        "early_replies": sum(r.get("early_replies", 0) for r in records),
         "stalls": sum(w["stalls"] for w in workers),
         "errors": len(errors),
         "first_errors": errors[:10],
@@ -1166,20 +1216,26 @@ async def _soak(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             "settle_s": args.settle,
         },
         "rss_samples": samples,
-        "turn_records": sorted((r for w in workers for r in w["records"]), key=lambda r: r["at_s"]),
+        "workers_rss_mib": {
+            "start": worker_samples[0][1],
+            "end": worker_samples[-1][1],
+            "after_all_closed": closed_workers,
+            "samples": worker_samples,
+        },
+        "turn_records": records,
     }
 
 
 def run_soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="parley-soak-") as tmp:
-        server = start_server(Path(tmp))
+        server = start_server(Path(tmp), sets=args.set)
         try:
             result = asyncio.run(_soak(server, args))
         finally:
             exit_code = server.stop()
             log = server.problems()
     result.update(server_exit_code=exit_code, server_log=log)
-    rss, turn_ms = result["rss_mib"], result["turn_ms"]
+    rss, turn_ms, workers = result["rss_mib"], result["turn_ms"], result["workers_rss_mib"]
     rows = [
         ["sessions x minutes", f"{args.sessions} x {args.minutes:g} ({result['turn_kind']})"],
         ["turns / sessions opened", f"{result['turns']} / {result['sessions_opened']}"],
@@ -1191,6 +1247,10 @@ def run_soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             " / ".join(fmt(rss[k]) for k in ("start", "baseline", "end", "after_all_closed")),
         ],
         [f"RSS growth from {rss['baseline_at_s']:g} s to the end", f"{fmt(rss['growth_pct'])} %"],
+        [
+            "worker processes' RSS start / end / all closed MiB",
+            " / ".join(fmt(workers[k]) for k in ("start", "end", "after_all_closed")),
+        ],
         ["tracebacks / ERROR lines", f"{log['tracebacks']} / {log['error_lines']}"],
     ]
     show(console, "Soak", ["soak", "result"], rows)
@@ -1267,7 +1327,9 @@ async def _sigkill(workdir: Path, server: Server, token: str, args: argparse.Nam
     for conn in conns:
         await conn.close()
     port_free = _port_free(server.port)
-    fresh = await asyncio.to_thread(start_server, workdir, auth=True, port=server.port)
+    fresh = await asyncio.to_thread(
+        start_server, workdir, auth=True, port=server.port, sets=args.set
+    )
     serving_s = time.perf_counter() - killed
     redeemed: bool | str | None = None
     try:
@@ -1322,7 +1384,7 @@ def _sql(path: Path, query: str) -> Any:
 
 def run_signals(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="parley-signals-") as tmp:
-        server = start_server(Path(tmp))
+        server = start_server(Path(tmp), sets=args.set)
         try:
             term = asyncio.run(_sigterm(server, args))
         finally:
@@ -1330,7 +1392,7 @@ def run_signals(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         workdir = Path(tmp) / "auth"
         workdir.mkdir()
         token = create_key(workdir)
-        server = start_server(workdir, auth=True)
+        server = start_server(workdir, auth=True, sets=args.set)
         try:
             kill = asyncio.run(_sigkill(workdir, server, token, args))
         finally:
@@ -1380,6 +1442,13 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=summary, description=summary)
         c.add_argument("--out", type=Path, help="write the result as JSON here")
         c.add_argument("--debug", action="store_true", help="show tracebacks")
+        c.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a setting for parley serve, e.g. --set asr.options='{\"warm\": 2}' (repeatable)",
+        )
         return c
 
     fuzz = command("fuzz", "mutated client events: crashes, hangs, closes, then a text turn")
