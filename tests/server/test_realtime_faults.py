@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -305,27 +307,93 @@ async def test_fault_fast_sender_memory_is_bounded(
     fresh_server: Server, clips: dict[str, Clip]
 ) -> None:
     server = fresh_server
-    speech = speech_24k(clips["en_librivox_0880"].path, trailing_silence_ms=0)
-    minute = np.tile(speech, int(np.ceil(60 * 24000 / len(speech))))[: 60 * 24000]
+    # A minute of real speech, sentences apart by 700 ms pauses: as sent far faster than real
+    # time, a turn ends every few seconds of audio and dozens are being recognised at once
+    # (each recogniser used to hold a ~90 MB decoder: the workers grew by ~1 GB and kept it).
+    pause = np.zeros(24 * 700, np.int16)
+    sentences = [
+        speech_24k(c.path, trailing_silence_ms=0) for c in clips.values() if c.language == "en"
+    ]
+    parts: list[np.ndarray] = []
+    while sum(len(p) for p in parts) < 60 * 24000:
+        for sentence in sentences:
+            parts += [sentence, pause]
+    minute = np.concatenate(parts)[: 60 * 24000]
     async with raw(server) as warm:
         await warm.text_turn()
     before = rss_mib(server.process.pid)
-    async with raw(server) as c, raw(server) as other:
-        # 60 s of speech in one-second messages, as fast as the socket takes them.
-        for i in range(0, len(minute), 24000):
+    peak = before
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_mib(server.process.pid))
+            await asyncio.sleep(0.2)
+
+    async with raw(server) as c, raw(server) as other, asyncio.TaskGroup() as tg:
+        sampler = tg.create_task(sample())
+        for i in range(0, len(minute), 24000):  # one-second messages, as fast as they go
             chunk = minute[i : i + 24000].astype("<i2").tobytes()
             await c.send(
                 {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}
             )
-        peak = rss_mib(server.process.pid)
         # Another session is unaffected, and this one still answers.
         assert (await other.text_turn())["response"]["status"] == "completed"
-        await c.drain(quiet_s=3)
-        peak = max(peak, rss_mib(server.process.pid))
+        await c.drain(quiet_s=5)
         assert (await c.text_turn())["response"]["status"] == "completed"
+        sampler.cancel()
     errors = [e["error"] for e in c.events if e["type"] == "error"]
     assert all(e["code"] == "audio_too_fast" and e["param"] == "audio" for e in errors)
+    assert len(c.of("input_audio_buffer.committed")) >= 10
     assert peak - before <= 300, f"server grew {peak - before:.0f} MiB"
+
+
+# --- defect 9: a recogniser worker dies --------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _state(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("State:"):
+            return line.split()[1]
+    return "?"
+
+
+async def test_fault_dead_recogniser_worker_recovers(
+    fresh_server: Server, clips: dict[str, Clip]
+) -> None:
+    server = fresh_server
+    pcm = speech_24k(clips["en_goforward_raw"].path)
+    url = f"http://127.0.0.1:{server.port}/healthz"
+    async with raw(server) as c, httpx.AsyncClient() as http:
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(pcm)})
+        first = await c.until("conversation.item.input_audio_transcription.completed")
+        assert "forward" in first["transcript"]
+        workers = [p for p in _children(server.process.pid) if _state(p) != "Z"]
+        assert workers, "no recogniser worker processes"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        health = (await http.get(url)).json()
+        assert health["status"] == "degraded" and health["health"]["asr"]["status"] == "degraded"
+        # The next turn works (it may wait for the replacement to start).
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(pcm)})
+        again = await c.until("conversation.item.input_audio_transcription.completed", 60)
+        assert "forward" in again["transcript"]
+        for _ in range(60):  # back to ok once the replacement is ready
+            if (await http.get(url)).json()["status"] == "ok":
+                break
+            await asyncio.sleep(0.5)
+        assert (await http.get(url)).json()["status"] == "ok"
+    zombies = [p for p in _children(server.process.pid) if _state(p) == "Z"]
+    assert not zombies and not set(workers) & set(_children(server.process.pid))
+
+
+def b64(pcm: np.ndarray) -> str:
+    return base64.b64encode(pcm.astype("<i2").tobytes()).decode()
 
 
 # --- defects 5 and 6, and revoked keys: sessions of keyed servers -----------------------------

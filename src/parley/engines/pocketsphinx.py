@@ -325,7 +325,7 @@ class PocketsphinxASR:
         *,
         partial_interval_ms: float = 200.0,
         warm: int = 0,
-        max_idle: int = 2,
+        max_idle: int = 1,
         streams_per_process: int = 4,
         segment_s: float = 30.0,
         max_rss_mb: float | None = 512.0,

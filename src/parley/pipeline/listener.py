@@ -8,10 +8,11 @@ that a reply can be interrupted), when it is closed (its audio is committed) and
 transcript is final.
 
 Memory stays bounded whatever a client sends: a recogniser that falls more than
-:data:`MAX_BACKLOG_S` behind the audio makes :meth:`Listener.push` wait for it (the transport
-stops reading, and a client sending faster than real time is slowed to the recogniser's pace),
-and if it does not catch up within :data:`BACKLOG_WAIT_S` the audio is refused with a clear
-error; a turn, or a manual input buffer, longer than :data:`MAX_TURN_S` is ended there.
+:data:`MAX_BACKLOG_S` behind the audio, or a new turn while :data:`MAX_TURNS_RECOGNISED` closed
+turns are still being recognised, makes :meth:`Listener.push` wait (the transport stops reading,
+and a client sending faster than real time is slowed to the recognisers' pace); if they do not
+catch up within :data:`BACKLOG_WAIT_S` the audio is refused with a clear error; a turn, or a
+manual input buffer, longer than :data:`MAX_TURN_S` is ended there.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "EAGERNESS_SILENCE_MS",
     "ENDPOINTING",
     "MAX_BACKLOG_S",
+    "MAX_TURNS_RECOGNISED",
     "MAX_TURN_S",
     "Endpointing",
     "Listener",
@@ -67,6 +69,9 @@ BACKLOG_WAIT_S = 30.0
 """How long input waits for a recogniser that is behind before the audio is refused."""
 MAX_TURN_S = 300.0
 """The longest user turn (or manual input buffer): a turn is ended there."""
+MAX_TURNS_RECOGNISED = 1
+"""Closed turns still being recognised before input waits (a live caller's last turn is
+recognised within a few hundred ms of its end, while the caller waits for the reply)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +305,26 @@ class Listener:
             edge = self._detector.force_stop()
             self._end_turn(edge.at_ms if edge else self.input_ms)
 
+    async def _wait_for_closed_turns(self) -> None:
+        """Back-pressure before a new turn: wait while the last turns are still being
+        recognised (a client sending far faster than real time would otherwise have a
+        recogniser, and its memory, per turn at once)."""
+        deadline = time.monotonic() + BACKLOG_WAIT_S
+        while True:
+            pending = [t.task for t in self.closed if t.task is not None and not t.task.done()]
+            left = deadline - time.monotonic()
+            if len(pending) < MAX_TURNS_RECOGNISED:
+                return
+            if left <= 0:
+                self._detector.force_stop()  # no turn begins: the speech is refused
+                raise ClientError(
+                    f"input audio arrives faster than it can be recognised ({len(pending)} "
+                    "turns waiting for their transcripts); send audio at real time",
+                    param="audio",
+                    code=Code.AUDIO_TOO_FAST,
+                )
+            await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+
     async def _wait_for_recogniser(self) -> None:
         """Back-pressure: wait while the open turn's recogniser is far behind."""
         turn = self.turn
@@ -336,6 +361,7 @@ class Listener:
             self._prefix_samples -= len(self._prefix.popleft())
 
     async def _begin_turn(self, audio_start_ms: float) -> None:
+        await self._wait_for_closed_turns()
         turn = Turn(new_id("turn"), new_id("item"), TurnTimeline())
         self.turn = turn
         self._recent = deque(self._prefix)
