@@ -96,6 +96,12 @@ class InstrumentedVADStream:
     def reset(self) -> None:
         self.inner.reset()
 
+    def close(self) -> None:
+        """Give the inner stream's resources back now, if it holds any (a Silero model)."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
 
 class InstrumentedVAD:
     __slots__ = ("_on_call", "_on_error", "inner", "name", "sample_rate")

@@ -53,6 +53,7 @@ from parley.server.auth import (
     Principal,
     principal_of,
 )
+from parley.server.memory import Trimmer
 from parley.server.metrics import Metrics
 from parley.server.openai_errors import error_response
 from parley.server.openapi import openapi_document
@@ -174,10 +175,14 @@ def create_app(
             await _serve_realtime(ws, state)
         finally:
             state.sessions.discard(task)
+            trimmer.session_ended()
+
+    trimmer = Trimmer()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await trimmer.aclose()
         # uvicorn has sent every open WebSocket a close frame by now; let their sessions end.
         if state.sessions:
             await asyncio.wait(set(state.sessions), timeout=5)

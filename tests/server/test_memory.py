@@ -1,0 +1,38 @@
+"""Memory goes back to the system after sessions end; VAD models go back to their pool."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from parley.audio.frames import Frame
+from parley.engines.instrumented import InstrumentedVAD
+from parley.engines.silero import SileroVAD
+from parley.server.memory import Trimmer
+
+
+async def test_trimmer_trims_once_per_burst_of_ended_sessions() -> None:
+    trimmer = Trimmer(delay_s=0.01, interval_s=0.2)
+    for _ in range(50):  # a storm's sessions end together: one trim
+        trimmer.session_ended()
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 1
+    trimmer.session_ended()  # within the interval: no second trim yet
+    await asyncio.sleep(0.05)
+    assert trimmer.trims == 1
+    await asyncio.sleep(0.3)
+    trimmer.session_ended()
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 2
+    await trimmer.aclose()
+
+
+async def test_instrumented_vad_stream_gives_its_model_back_on_close() -> None:
+    silero = SileroVAD(warm=1)
+    vad = InstrumentedVAD(silero, lambda *a: None, lambda *a: None)
+    stream = vad.open_stream()
+    await stream.probabilities(Frame(np.zeros(512, np.int16), 16000))
+    assert silero.idle == 0
+    stream.close()  # type: ignore[attr-defined]
+    assert silero.idle == 1  # back at once, not when a garbage collection finds the session
