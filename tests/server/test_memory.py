@@ -12,18 +12,19 @@ from parley.engines.silero import SileroVAD
 from parley.server.memory import Trimmer
 
 
-async def test_trimmer_trims_once_per_burst_of_ended_sessions() -> None:
-    trimmer = Trimmer(delay_s=0.01, interval_s=0.2)
-    for _ in range(50):  # a storm's sessions end together: one trim
-        trimmer.session_ended()
-    await asyncio.sleep(0.1)
+async def test_trimmer_trims_once_after_a_burst_of_ended_sessions() -> None:
+    trimmer = Trimmer(delay_s=0.05, interval_s=0.2)
+    for _ in range(5):  # a storm's sessions end over a while: no trim until they stop
+        for _ in range(10):
+            trimmer.session_ended()
+        await asyncio.sleep(0.02)
+        assert trimmer.trims == 0
+    await asyncio.sleep(0.15)
     assert trimmer.trims == 1
-    trimmer.session_ended()  # within the interval: no second trim yet
-    await asyncio.sleep(0.05)
+    trimmer.session_ended()  # within the rest: trimmed after it, not forgotten
+    await asyncio.sleep(0.1)
     assert trimmer.trims == 1
     await asyncio.sleep(0.3)
-    trimmer.session_ended()
-    await asyncio.sleep(0.1)
     assert trimmer.trims == 2
     await trimmer.aclose()
 

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import time
 from collections.abc import Callable
 
 __all__ = ["Trimmer"]
@@ -38,26 +39,34 @@ def _malloc_trim() -> Callable[[], object] | None:
 
 
 class Trimmer:
-    """Trims the heap ``delay_s`` after a session ends, at most once per ``interval_s``."""
+    """Collects and trims once sessions have stopped ending for ``delay_s`` (a storm's sessions
+    end together: one trim after the last of them), then rests ``interval_s``."""
 
-    def __init__(self, *, delay_s: float = 2.0, interval_s: float = 10.0) -> None:
+    def __init__(self, *, delay_s: float = 1.0, interval_s: float = 2.0) -> None:
         self._trim = _malloc_trim()
         self._delay_s = delay_s
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._last_end = 0.0
         self.trims = 0
 
     def session_ended(self) -> None:
-        if self._trim is None or (self._task is not None and not self._task.done()):
+        if self._trim is None:
             return
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._last_end = time.monotonic()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        assert self._trim is not None
-        await asyncio.sleep(self._delay_s)
-        await asyncio.to_thread(self._collect_and_trim)
-        self.trims += 1
-        await asyncio.sleep(self._interval_s)  # the next trim waits at least this long
+        trimmed_at = float("-inf")
+        while self._last_end > trimmed_at:  # sessions ended since the last trim
+            # A debounce: each session that ends pushes the trim back (no event to wait on).
+            while (wait := self._last_end + self._delay_s - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            trimmed_at = time.monotonic()
+            await asyncio.to_thread(self._collect_and_trim)
+            self.trims += 1
+            await asyncio.sleep(self._interval_s)  # the next trim waits at least this long
 
     def _collect_and_trim(self) -> None:
         assert self._trim is not None
