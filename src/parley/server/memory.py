@@ -42,8 +42,14 @@ class Trimmer:
     """Collects and trims once sessions have stopped ending for ``delay_s`` (a storm's sessions
     end together: one trim after the last of them), then rests ``interval_s``."""
 
-    def __init__(self, *, delay_s: float = 1.0, interval_s: float = 2.0) -> None:
-        self._trim = _malloc_trim()
+    def __init__(
+        self,
+        *,
+        delay_s: float = 1.0,
+        interval_s: float = 2.0,
+        trim: Callable[[], object] | None = None,
+    ) -> None:
+        self._trim = trim if trim is not None else _malloc_trim()
         self._delay_s = delay_s
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
