@@ -398,7 +398,13 @@ async def _watch(state: AppState, principal: Principal) -> Ended:
                 ),
                 1000,
             )
-        if key is not None and state.keys is not None and not state.keys.is_active(key.id):
+        # SQLite may block (another process's write lock): off the event loop.
+        keys = state.keys
+        if (
+            key is not None
+            and keys is not None
+            and not await asyncio.to_thread(keys.is_active, key.id)
+        ):
             log.info("realtime session of revoked key %s ended", key.id)
             return Ended(
                 SessionClosedError(
