@@ -834,35 +834,20 @@ CASES = [
             and s.events[-1]["session"]["instructions"] == "Be brief."
         ),
     ),
-    Case(
-        "silence_over_the_limit",
-        [vad(silence_duration_ms=20000)],
-        ["error"],
-        check=error_code("invalid_value", "session.audio.input.turn_detection.silence_duration_ms"),
-    ),
-    Case(
-        "huge_prefix_padding",
-        [vad(prefix_padding_ms=10**9)],
-        ["error"],
-        check=error_code("invalid_value", "session.audio.input.turn_detection.prefix_padding_ms"),
-    ),
-    Case(
-        "negative_threshold",
-        [vad(threshold=-0.5)],
-        ["error"],
-        check=error_code("invalid_value", "session.audio.input.turn_detection.threshold"),
-    ),
-    Case(
-        "threshold_over_one",
-        [vad(threshold=1.5)],
-        ["error"],
-        check=error_code("invalid_value", "session.audio.input.turn_detection.threshold"),
-    ),
-    Case(
-        "negative_idle_timeout",
-        [vad(idle_timeout_ms=-1)],
-        ["error"],
-        check=error_code("invalid_value", "session.audio.input.turn_detection.idle_timeout_ms"),
+    *(
+        Case(
+            f"out_of_range_{field}_{value}",
+            [vad(**{field: value})],
+            ["error"],
+            check=error_code("invalid_value", f"session.audio.input.turn_detection.{field}"),
+        )
+        for field, value in (
+            ("silence_duration_ms", 20000),
+            ("prefix_padding_ms", 10**9),
+            ("threshold", -0.5),
+            ("threshold", 1.5),
+            ("idle_timeout_ms", -1),
+        )
     ),
     Case(
         "bad_update_changes_nothing_and_the_session_goes_on",

@@ -62,18 +62,21 @@ class Raw:
         return [e for e in self.events if e["type"] == kind]
 
     async def text_turn(self, text: str = "How do I start parley?") -> dict[str, Any]:
-        await self.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                },
-            }
-        )
+        await self.send(user_text(text))
         await self.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         return await self.until("response.done")
+
+
+def user_text(text: str) -> dict[str, Any]:
+    """A client's user message with one text part."""
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
+    }
 
 
 @asynccontextmanager
@@ -109,16 +112,7 @@ def rss_mib(pid: int) -> float:
 
 async def test_fault_create_then_cancel_never_wedges(server: Server) -> None:
     async with raw(server) as c:
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "How do I start parley?"}],
-                },
-            }
-        )
+        await c.send(user_text("How do I start parley?"))
         for _ in range(9):
             await c.send({"type": "response.create"})
             await c.send({"type": "response.cancel"})
@@ -233,16 +227,7 @@ async def test_fault_cancel_of_an_unknown_response_leaves_the_current_one(
         )
         await c.until("session.updated")
         await c.text_turn("warm up")
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Tell me everything."}],
-                },
-            }
-        )
+        await c.send(user_text("Tell me everything."))
         await c.send({"type": "response.create"})
         await c.until("response.output_audio.delta")
         await c.send({"type": "response.cancel", "response_id": "resp_not_this_one"})
@@ -496,16 +481,7 @@ async def test_fault_function_call_names_an_item_the_client_has_seen(llm_server:
     async with raw(llm_server) as c:
         await c.send({"type": "session.update", "session": {"type": "realtime", "tools": [tool]}})
         await c.until("session.updated")
-        await c.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "What's the weather in Paris?"}],
-                },
-            }
-        )
+        await c.send(user_text("What's the weather in Paris?"))
         await c.send({"type": "response.create"})
         await c.until("response.done")
         seen: set[str] = set()
