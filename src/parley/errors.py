@@ -15,11 +15,11 @@ concerns and the client's ``event_id``. Errors are split by who is at fault::
     │   ├── ConfigError              invalid_request  400     invalid_config
     │   ├── NotFoundError            invalid_request  404     not_found
     │   ├── AuthenticationError      invalid_request  401     invalid_api_key
-    │   └── RateLimitError           requests         429     rate_limit_exceeded
+    │   ├── RateLimitError           requests         429     rate_limit_exceeded
+    │   └── SessionClosedError       invalid_request  400     (given: session_expired, ...)
     ├── EngineError                  server_error     500     engine_error
     │   ├── EngineUnavailableError   server_error     503     engine_unavailable
     │   └── OverloadedError          server_error     503     server_overloaded
-    ├── SessionClosedError           server_error     500     (given: session_expired, ...)
     └── RequestAborted               server_error     500     request_aborted
                                      (parley.engines.batching: its session was interrupted)
 
@@ -236,8 +236,9 @@ class OverloadedError(EngineError):
     code = Code.SERVER_OVERLOADED
 
 
-class SessionClosedError(ParleyError):
-    """The server ends a session: it expired, its key was revoked, its client stopped reading."""
+class SessionClosedError(ClientError):
+    """The server ends a session for what its client or key did: it outlived its limit, its
+    key was revoked, its client stopped reading (OpenAI types ``session_expired`` so too)."""
 
 
 def dotted_param(loc: tuple[int | str, ...] | list[int | str]) -> str:
