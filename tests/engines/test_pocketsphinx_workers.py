@@ -94,8 +94,8 @@ def _kill(pid: int) -> None:
     while True:
         try:
             status = _status(pid)
-        except FileNotFoundError:
-            return  # the engine noticed and reaped it already
+        except (FileNotFoundError, ProcessLookupError):
+            return  # the engine noticed and reaped it already (ESRCH: while we read its status)
         if status["State"].startswith("Z") and status["Threads"] == "1":
             return
         assert time.monotonic() < deadline

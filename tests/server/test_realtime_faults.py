@@ -341,7 +341,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _state(pid: int) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """The process's state letter; "gone" where it was reaped since it was listed."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    for line in lines:
         if line.startswith("State:"):
             return line.split()[1]
     return "?"
@@ -357,7 +362,7 @@ async def test_fault_dead_recogniser_worker_recovers(
         await c.send({"type": "input_audio_buffer.append", "audio": b64(pcm)})
         first = await c.until("conversation.item.input_audio_transcription.completed")
         assert "forward" in first["transcript"]
-        workers = [p for p in _children(server.process.pid) if _state(p) != "Z"]
+        workers = [p for p in _children(server.process.pid) if _state(p) not in ("Z", "gone")]
         assert workers, "no recogniser worker processes"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
