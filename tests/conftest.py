@@ -12,6 +12,10 @@ from parley.bench.clips import Clip, load_clips
 # try, in this process or in the servers and commands it starts. tests/test_models.py turns
 # it off for its fake hub on loopback.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The suite serves with the fast profile (pocketsphinx + espeak-ng: real engines, and many
+# servers start on two cores in a few minutes); the neural defaults have tests of their own,
+# which clear this (tests/test_defaults.py).
+os.environ["PARLEY_PROFILE"] = "fast"
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 

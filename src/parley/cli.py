@@ -31,6 +31,7 @@ from parley.commands import (
     run_transcribe,
     run_voices,
 )
+from parley.config import PROFILES
 from parley.errors import ClientError, ParleyError
 
 __all__ = ["main"]
@@ -83,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="override a setting, e.g. --set llm.model=llama3 (repeatable)",
+    )
+    common.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="engines where the config names none: neural (Whisper + Piper, the default) or "
+        "fast (pocketsphinx + espeak-ng: more callers per core, espeak's languages)",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks")
 

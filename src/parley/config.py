@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from parley.errors import ConfigError
 
 __all__ = [
+    "PROFILES",
     "ASRSettings",
     "LLMSettings",
     "PipelineSettings",
@@ -82,7 +83,7 @@ class TurnDetectionSettings(_Section):
 
 
 class ASRSettings(_Section):
-    engine: str = "pocketsphinx"
+    engine: str = "whisper"
     language: str = "en"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -108,7 +109,7 @@ class LLMSettings(_Section):
 
 
 class TTSSettings(_Section):
-    engine: str = "espeak"
+    engine: str = "piper"
     voice: str | None = None
     speed: float = Field(1.0, gt=0.2, le=4.0)
     options: dict[str, Any] = Field(default_factory=dict)
@@ -144,7 +145,19 @@ class ServerSettings(_Section):
     max_audio_s: float = Field(1500.0, gt=0, le=4 * 3600)
 
 
+# The engines a profile picks where the config names none (``[asr] engine`` / ``[tts] engine``).
+# neural: Whisper tiny.en and the Piper voice joe, from pinned PyPI wheels (the default; good
+# English, about four callers per two cores). fast: pocketsphinx and espeak-ng (robotic and
+# error-prone, but many more callers per core, and espeak speaks about a hundred languages).
+PROFILES: dict[str, dict[str, str]] = {
+    "neural": {"asr": "whisper", "tts": "piper"},
+    "fast": {"asr": "pocketsphinx", "tts": "espeak"},
+}
+
+
 class Settings(_Section):
+    # Which engines serve where the config names none: "neural" or "fast" (see PROFILES).
+    profile: Literal["neural", "fast"] = "neural"
     server: ServerSettings = Field(default_factory=ServerSettings)
     vad: VADSettings = Field(default_factory=VADSettings)
     turn_detection: TurnDetectionSettings = Field(default_factory=TurnDetectionSettings)
@@ -153,6 +166,24 @@ class Settings(_Section):
     tts: TTSSettings = Field(default_factory=TTSSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_engines(cls, data: Any) -> Any:
+        """Fill in the profile's engine for a section that names none."""
+        if not isinstance(data, dict):
+            return data
+        engines = PROFILES.get(data.get("profile", "neural"))
+        if engines is None:
+            return data  # the profile field's own validation names the mistake
+        out = dict(data)
+        for section, engine in engines.items():
+            given = out.get(section)
+            if given is None:
+                out[section] = {"engine": engine}
+            elif isinstance(given, Mapping) and "engine" not in given:
+                out[section] = {**given, "engine": engine}
+        return out
 
 
 def _parse_value(raw: str) -> Any:
@@ -190,8 +221,8 @@ def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:
                 _set_path(tree, [section, field_name], value)
                 break
         else:
-            if rest == "log_level":
-                tree["log_level"] = raw
+            if rest in ("log_level", "profile"):
+                tree[rest] = raw
     return tree
 
 

@@ -5,14 +5,24 @@ from parley.engines.registry import build_engines, build_llm, build_tts, names
 from parley.errors import ConfigError
 
 
-def test_registry_builds_embedded_defaults() -> None:
-    engines = build_engines(load_settings(env={}))
-    assert (engines.vad.name, engines.asr.name, engines.llm.name, engines.tts.name) == (
-        "silero",
-        "pocketsphinx",
-        "faq",
-        "espeak",
-    )
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ("silero", "whisper", "faq", "piper")),
+        ({"PARLEY_PROFILE": "neural"}, ("silero", "whisper", "faq", "piper")),
+        ({"PARLEY_PROFILE": "fast"}, ("silero", "pocketsphinx", "faq", "espeak")),
+        # A section that names its engine keeps it, whatever the profile.
+        (
+            {"PARLEY_PROFILE": "fast", "PARLEY_TTS_ENGINE": "piper"},
+            ("silero", "pocketsphinx", "faq", "piper"),
+        ),
+    ],
+)
+def test_registry_builds_the_profile_engines(
+    env: dict[str, str], expected: tuple[str, ...]
+) -> None:
+    engines = build_engines(load_settings(env=env))
+    assert (engines.vad.name, engines.asr.name, engines.llm.name, engines.tts.name) == expected
 
 
 def test_registry_picks_openai_when_base_url_is_set() -> None:

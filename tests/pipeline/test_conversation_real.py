@@ -26,7 +26,7 @@ from tests.conftest import shared_words
 
 @pytest.fixture(scope="module")
 def settings() -> Settings:
-    return load_settings(env={})
+    return load_settings(env={"PARLEY_PROFILE": "fast"})
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,13 @@ STAGES = ("endpointing", "asr_final", "llm_first_token", "tts_first_audio", "sen
 
 @pytest.fixture(scope="module")
 def engines() -> Engines:
-    return build_engines(load_settings(env={}))
+    return build_engines(load_settings(env={"PARLEY_PROFILE": "fast"}))
 
 
 @pytest.fixture
 def client(engines: Engines) -> Iterator[TestClient]:
     app = create_app(
-        load_settings(env={}), engines, auth=False, metrics=Metrics(), tracer=TurnTracer()
+        load_settings(env={"PARLEY_PROFILE": "fast"}), engines, auth=False, metrics=Metrics(), tracer=TurnTracer()
     )
     with TestClient(app) as client:
         yield client

@@ -284,6 +284,8 @@ async def run(settings: Settings, clips_dir: Path) -> dict[str, Any]:
 async def command(args: argparse.Namespace, console: Any) -> int:
     """``parley bench engines`` (the CLI's calling convention: async, returns the exit code)."""
     overrides = dict(item.split("=", 1) for item in (args.set or []) if "=" in item)
+    if getattr(args, "profile", None):
+        overrides["profile"] = args.profile
     settings = load_settings(args.config, overrides=overrides)
     clips = args.clips or default_clips()
     if not (clips / "manifest.jsonl").is_file():
@@ -307,6 +309,9 @@ def add_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     engines.add_argument("--config", type=Path, help="TOML configuration file")
     engines.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    engines.add_argument(
+        "--profile", choices=("neural", "fast"), help="engines where the config names none"
+    )
     engines.add_argument(
         "--clips", type=Path, help="folder with manifest.jsonl (default: the shared clips)"
     )

@@ -24,4 +24,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if not sep or not key:
             raise ClientError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value
+    if getattr(args, "profile", None):
+        overrides["profile"] = args.profile
     return load_settings(args.config, overrides=overrides)

@@ -20,6 +20,7 @@ from parley.config import (
     VADSettings,
 )
 from parley.engines.base import ASR, LLM, TTS, VAD
+from parley.engines.packaged import PIPER_JOE, WHISPER_TINY_EN, verified_folder
 from parley.engines.smart_turn import EndOfTurn
 from parley.errors import ConfigError
 
@@ -30,6 +31,7 @@ __all__ = [
     "build_llm",
     "build_tts",
     "build_vad",
+    "languages_of",
     "names",
     "register",
 ]
@@ -52,7 +54,10 @@ def _pocketsphinx(s: ASRSettings) -> ASR:
 def _whisper(s: ASRSettings) -> ASR:
     from parley.engines.whisper import WhisperASR
 
-    return WhisperASR(language=s.language, **s.options)
+    options = dict(s.options)
+    if "model" not in options:  # the default: tiny.en from its pinned wheel, checked
+        options["model"] = str(verified_folder(WHISPER_TINY_EN))
+    return WhisperASR(language=s.language, **options)
 
 
 def _openai(s: LLMSettings) -> LLM:
@@ -94,7 +99,10 @@ def _vits(s: TTSSettings) -> TTS:
 def _piper(s: TTSSettings) -> TTS:
     from parley.engines.piper import PiperTTS
 
-    return PiperTTS(default_voice=s.voice, **s.options)
+    options = dict(s.options)
+    if "model" not in options:  # the default: the voice joe from its pinned wheel, checked
+        options["model"] = str(verified_folder(PIPER_JOE) / "en_US-joe-medium.onnx")
+    return PiperTTS(default_voice=s.voice, **options)
 
 
 _BUILDERS: dict[Kind, dict[str, Callable[[Any], Any]]] = {
@@ -103,6 +111,15 @@ _BUILDERS: dict[Kind, dict[str, Callable[[Any], Any]]] = {
     "llm": {"openai": _openai, "faq": _faq},
     "tts": {"espeak": _espeak, "vits": _vits, "piper": _piper},
 }
+
+
+def languages_of(asr: ASR) -> frozenset[str]:
+    """The ISO 639-1 codes ``asr`` transcribes (its ``languages``; wrappers are looked through);
+    empty where it does not say."""
+    engine: Any = asr
+    while hasattr(engine, "inner"):
+        engine = engine.inner
+    return frozenset(getattr(engine, "languages", ()))
 
 
 def register(kind: Kind, name: str, builder: Callable[[Any], Any]) -> None:

@@ -142,6 +142,12 @@ class Pipeline:
     def set_turn_detection(self, td: TurnDetectionSettings) -> None:
         self.listener.set_turn_detection(td)
 
+    def set_transcription(self, language: str | None, *, partials: bool) -> None:
+        """Transcribe turns in ``language`` (None: the server's ``asr.language``); decode
+        partial transcripts only when ``partials`` (someone reads them)."""
+        self.listener.language = language or self.settings.asr.language
+        self.listener.partials = partials
+
     def set_input_rate(self, rate: int) -> None:
         """Input audio comes at ``rate`` from now on (the client changed its audio format)."""
         self.listener.set_input_rate(rate)

@@ -52,6 +52,11 @@ class Configure:
     turn_detection: TurnDetectionSettings
     defaults: ResponseOptions
     instructions: str | tuple[ContentPart, ...]
+    # The transcription language (None: the server's) and whether partial transcripts are
+    # wanted (the client asked for transcription, so it gets deltas): Whisper decodes partials
+    # only then.
+    language: str | None = None
+    partials: bool = False
 
 
 @dataclass(frozen=True, slots=True)

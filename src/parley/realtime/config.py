@@ -80,6 +80,8 @@ class SessionDefaults:
     speed: float = 1.0
     # Lower-case voice names the TTS engine knows besides OpenAI's; empty: any well-formed name.
     voices: frozenset[str] = frozenset()
+    # ISO 639-1 codes the recogniser transcribes; empty: whatever it is asked (it checks).
+    languages: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(
@@ -90,6 +92,7 @@ class SessionDefaults:
         model: str = "parley",
         asr_model: str = "pocketsphinx",
         voices: Collection[str] = (),
+        languages: Collection[str] = (),
     ) -> SessionDefaults:
         return cls(
             kind=kind,
@@ -101,6 +104,7 @@ class SessionDefaults:
             voice=settings.tts.voice or "alloy",
             speed=min(max(settings.tts.speed, 0.25), 1.5),
             voices=frozenset(v.lower() for v in voices),
+            languages=frozenset(languages),
         )
 
 
@@ -206,6 +210,8 @@ def updated_config(
             }
         )
     inp = inp.model_copy(update={"turn_detection": td})
+    if inp.transcription is not None and inp.transcription.language:
+        check_language(inp.transcription.language, d, event_id)
     out = audio.output
     if out is not None and out.voice is not None:
         check_voice(out.voice, d, "session.audio.output.voice", event_id)
@@ -238,6 +244,32 @@ def check_voice(
             code=Code.INVALID_VALUE,
             event_id=event_id,
         )
+
+
+def language_code(language: str) -> str:
+    """``en-US`` -> ``en``: the ISO 639-1 part of a language tag."""
+    return language.strip().lower().replace("_", "-").split("-")[0]
+
+
+def check_language(language: str, d: SessionDefaults, event_id: str | None) -> None:
+    """A transcription language this server's recogniser knows, or :class:`ProtocolError`."""
+    if not d.languages or language_code(language) in d.languages:
+        return
+    param = "session.audio.input.transcription.language"
+    raise ProtocolError(
+        f"Invalid value for '{param}': this server's recogniser ({d.asr_model}) transcribes "
+        f"{', '.join(sorted(d.languages))} only, not {language[:32]!r}; its operator can serve "
+        "other languages with a multilingual Whisper model (asr.options.model = small)",
+        param=param,
+        code=Code.INVALID_VALUE,
+        event_id=event_id,
+    )
+
+
+def transcription_language(config: wire.SessionConfig) -> str | None:
+    """The language the client asked its audio to be transcribed in; None: the server's."""
+    transcription = _input(config).transcription
+    return transcription.language if transcription is not None else None
 
 
 def session_object(

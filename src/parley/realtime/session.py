@@ -116,12 +116,18 @@ class RealtimeSession:
         vision: bool = False,
         asr_model: str = "pocketsphinx",
         voices: Collection[str] = (),
+        languages: Collection[str] = (),
         prompts: PromptResolver | None = None,
         timeline: bool = False,
         rate_limits: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.defaults = cfg.SessionDefaults.from_settings(
-            settings, kind=kind, model=model, asr_model=asr_model, voices=voices
+            settings,
+            kind=kind,
+            model=model,
+            asr_model=asr_model,
+            voices=voices,
+            languages=languages,
         )
         self.history = history
         self.kind = kind
@@ -135,6 +141,9 @@ class RealtimeSession:
         self.timeline = timeline
         self._rate_limits = rate_limits or list
         self.config = cfg.initial_config(self.defaults)
+        # Whether the client asked for transcription itself (a transcription session always
+        # does): only then are partial transcripts decoded, to send as deltas.
+        self._deltas = kind == "transcription"
         self._instructions: str | tuple[ContentPart, ...] = self.defaults.instructions
         self._response: ActiveResponse | None = None
         # A turn that ended while a response was still playing (interrupt_response off).
@@ -169,6 +178,8 @@ class RealtimeSession:
             turn_detection=cfg.turn_detection(self.config, self.defaults),
             defaults=cfg.response_options(self.config),
             instructions=self._instructions,
+            language=cfg.transcription_language(self.config),
+            partials=self._deltas and cfg.transcription_on(self.config),
         )
 
     def open(self) -> Output:
@@ -238,6 +249,9 @@ class RealtimeSession:
             instructions = new.instructions or ""
         self.config = new
         self._instructions = instructions
+        inp = update.audio.input if update.audio is not None else None
+        if inp is not None and "transcription" in inp.model_fields_set:
+            self._deltas = inp.transcription is not None or self.kind == "transcription"
         return Output([event("session.updated", session=self.session_object)], [self.configure()])
 
     def _resolve_prompt(

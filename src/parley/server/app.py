@@ -31,7 +31,7 @@ from parley.config import Settings
 from parley.engines.base import ContentPart, TextPart, engine_health
 from parley.engines.batching import Scheduler
 from parley.engines.instrumented import instrument
-from parley.engines.registry import Engines
+from parley.engines.registry import Engines, languages_of
 from parley.errors import (
     ClientError,
     Code,
@@ -286,6 +286,7 @@ async def _client_secret(request: Request, state: AppState) -> JSONResponse:
         History(),
         kind=kind,
         voices=state.voice_names,
+        languages=languages_of(state.engines.asr),
         prompts=state.prompt_resolver(principal.tenant),
     )
     out = preview.receive(json.dumps({"type": "session.update", "session": config}))
@@ -358,6 +359,7 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         vision=engines.llm.supports_vision,
         asr_model=engines.asr.name,
         voices=state.voice_names,
+        languages=languages_of(engines.asr),
         prompts=state.prompt_resolver(principal.tenant),
         rate_limits=lambda: _rate_limits(state.limiter, principal),
         timeline=ws.query_params.get("parley_timeline") in ("1", "true"),

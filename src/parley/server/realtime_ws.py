@@ -369,6 +369,7 @@ class Connection:
                 pipeline.set_turn_detection(command.turn_detection)
                 pipeline.response_defaults = command.defaults
                 pipeline.instructions = command.instructions
+                pipeline.set_transcription(command.language, partials=command.partials)
             case StartResponse():
                 return pipeline.start_response(
                     command.options,
