@@ -110,7 +110,9 @@ async def test_instrumented_counts_errors_of_plain_calls() -> None:
         name = "broken"
         sample_rate = 16000
 
-        def stream(self, audio: object, *, language: str | None = None) -> None:
+        def stream(
+            self, audio: object, *, language: str | None = None, partials: bool = True
+        ) -> None:
             raise AssertionError("not called")
 
         async def transcribe(self, audio: Frame, *, language: str | None = None) -> None:

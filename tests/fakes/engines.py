@@ -81,10 +81,16 @@ class FakeScriptedASR:
     utterances: list[int] = field(default_factory=list)
 
     async def stream(
-        self, audio: AsyncIterable[Frame], *, language: str | None = None
+        self,
+        audio: AsyncIterable[Frame],
+        *,
+        language: str | None = None,
+        partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
         samples = 0
         async for frame in audio:
+            if not len(frame):
+                continue  # a pause mark
             samples += len(frame)
             yield Transcript("hel", is_final=False)
         self.utterances.append(samples)

@@ -37,7 +37,11 @@ class SlowASRDouble:
     sample_rate: int = 16000
 
     async def stream(
-        self, audio: AsyncIterable[Frame], *, language: str | None = None
+        self,
+        audio: AsyncIterable[Frame],
+        *,
+        language: str | None = None,
+        partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
         if self.stuck:
             await asyncio.sleep(3600)

@@ -301,9 +301,20 @@ class ASR(Protocol):
     sample_rate: int
 
     def stream(
-        self, audio: AsyncIterable[Frame], *, language: str | None = None
+        self,
+        audio: AsyncIterable[Frame],
+        *,
+        language: str | None = None,
+        partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
-        """Partials while ``audio`` flows (when the hypothesis changes); one final at its end."""
+        """Partials while ``audio`` flows (when the hypothesis changes); one final at its end.
+
+        ``partials=False``: the caller wants only the final (nobody reads partial
+        transcripts), so an engine for which partials cost compute may skip them; yielding
+        them anyway is allowed. A zero-length frame in ``audio`` is a *pause mark*: the caller
+        went quiet here and more audio may follow (or the stream may end). An engine may start
+        work on the final there (see ``WhisperASR``); any other engine ignores it.
+        """
         ...
 
     async def transcribe(self, audio: Frame, *, language: str | None = None) -> Transcript:

@@ -501,6 +501,11 @@ class Scheduler:
         return self._batcher.stats
 
     @property
+    def queued(self) -> int:
+        """Total cost of the requests waiting for the engine (not those it is running)."""
+        return self._batcher.queued
+
+    @property
     def overhead_s(self) -> float:
         """Scheduling time of the current runner (see :attr:`Runner.overhead_s`)."""
         return 0.0 if self._runner is None else self._runner.overhead_s

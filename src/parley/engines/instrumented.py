@@ -136,10 +136,14 @@ class InstrumentedASR:
         return engine_health(self.inner)
 
     def stream(
-        self, audio: AsyncIterable[Frame], *, language: str | None = None
+        self,
+        audio: AsyncIterable[Frame],
+        *,
+        language: str | None = None,
+        partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
         return _relay(
-            lambda: self.inner.stream(audio, language=language),
+            lambda: self.inner.stream(audio, language=language, partials=partials),
             "asr",
             self.name,
             self._on_call,

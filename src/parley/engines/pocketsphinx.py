@@ -452,9 +452,16 @@ class PocketsphinxASR:
             )
 
     async def stream(
-        self, audio: AsyncIterable[Frame], *, language: str | None = None
+        self,
+        audio: AsyncIterable[Frame],
+        *,
+        language: str | None = None,
+        partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
-        """Partials while ``audio`` flows (when the hypothesis changes); one final at its end."""
+        """Partials while ``audio`` flows (when the hypothesis changes); one final at its end.
+
+        Its partials cost nothing extra (the decoder is incremental), so ``partials`` is
+        ignored; pause marks (empty frames) carry no samples and change nothing."""
         self._check(language)
         index = await self._capacity.acquire()
         try:

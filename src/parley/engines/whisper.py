@@ -37,22 +37,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import re
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from parley.audio.frames import Float32, Frame, int16_to_float32
+from parley.audio.frames import PCM16, Float32, Frame, int16_to_float32
 from parley.audio.resample import StreamResampler, resample
 from parley.engines.base import Transcript
 from parley.engines.batching import BatchRequest, RequestAborted, Scheduler
 from parley.engines.device import Placement, place
-from parley.errors import ConfigError, EngineError, EngineUnavailableError
+from parley.engines.whisper_features import WindowRule
+from parley.engines.whisper_features import log_mel as _log_mel
+from parley.engines.whisper_loading import load as _load
+from parley.engines.whisper_loading import resolve as _resolve
+from parley.errors import ConfigError, EngineError
 
 __all__ = ["WhisperASR"]
 
@@ -70,7 +73,6 @@ _DTYPES = {
     "cpu": ["float32", "int8"],
     "cuda": ["float16", "bfloat16", "int8_float16", "int8_bfloat16", "int8", "float32"],
 }
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PARAM = "asr.options"
 
 
@@ -118,6 +120,8 @@ class WhisperASR:
         max_new_tokens: int = 224,
         max_tokens_per_second: float = 10.0,
         cpu_threads: int = 0,
+        window_s: Sequence[float] = (30.0,),
+        window_margin_s: float = 0.0,
         download_root: str | None = None,
         allow_download: bool = False,
     ) -> None:
@@ -132,6 +136,7 @@ class WhisperASR:
                 "max_wait_ms, max_tokens_per_second and cpu_threads must not be negative",
                 param=_PARAM,
             )
+        self.window = WindowRule.of(window_s, window_margin_s)
         import ctranslate2
 
         cpu_types = ctranslate2.get_supported_compute_types("cpu")
@@ -226,7 +231,9 @@ class WhisperASR:
         import ctranslate2
 
         extractor = self._model.feature_extractor
-        features = np.stack([_log_mel(extractor, w.samples) for w in windows])
+        # One shape per batch: every window padded to the largest any of them needs.
+        frames = max(self.window.frames(len(w.samples)) for w in windows)
+        features = np.stack([_log_mel(extractor, w.samples, frames) for w in windows])
         prompts = [list(w.prompt) for w in windows]
         caps = [self._token_cap(len(w.samples)) for w in windows]
         longest = max(caps)
@@ -309,26 +316,39 @@ class WhisperASR:
         return Transcript(_join(texts), is_final=True, language=code)
 
     async def stream(
-        self, audio: AsyncIterable[Frame], *, language: str | None = None
+        self,
+        audio: AsyncIterable[Frame],
+        *,
+        language: str | None = None,
+        partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
-        """Partials while ``audio`` flows (when the text changes); one final at its end."""
+        """Partials while ``audio`` flows (when the text changes, and only with ``partials``);
+        one final at its end. An empty frame is a pause mark: a speculative final starts."""
         code = self._language(language)
         prompt = self._prompt(code)
         session = f"{self.name}:{next(self._sessions)}"
-        # Partials get a session of their own so that they can be aborted alone.
-        partials = f"{session}:partial"
+        # Partials and the speculative final get sessions of their own, to be aborted alone.
+        partial_id, speculative_id = f"{session}:partial", f"{session}:speculative"
         utterance = _Utterance()
         windows: list[asyncio.Task[str]] = []
         partial: asyncio.Task[str] | None = None
+        speculative: asyncio.Task[str] | None = None
+        # The latest decode of the whole current tail, by the stream's sample count when it
+        # was taken: a partial or the speculative final, running or done.
+        latest: tuple[int, asyncio.Task[str]] | None = None
         incoming: asyncio.Task[Frame | None] | None = None
         resampler: StreamResampler | None = None
-        since_partial = 0
+        since_partial, need, total, started = 0, self._partial_samples, 0, 0.0
         last = ""
         frames = aiter(audio)
         try:
             while True:
                 if partial is not None and partial.done():
                     text = _partial_text(partial, windows)
+                    # Adaptive: the next partial waits for at least as much new audio as
+                    # this one took to come back (queueing and decoding).
+                    took = round((time.monotonic() - started) * _SAMPLE_RATE)
+                    need = max(self._partial_samples, took)
                     partial = None
                     if text and text != last:
                         last = text
@@ -347,6 +367,21 @@ class WhisperASR:
                     frame, incoming = incoming.result(), None
                 if frame is None:
                     break
+                if not len(frame):
+                    # A pause mark: what the resampler holds is the pause's first samples.
+                    if resampler is not None:
+                        total += self._add(utterance, resampler.flush(), session, prompt, windows)
+                        resampler = None
+                    if utterance.samples >= _MIN_SAMPLES and not _reusable(latest, total):
+                        speculative = asyncio.create_task(
+                            self._decode(speculative_id, utterance.current(), prompt, "final")
+                        )
+                        latest = (total, speculative)
+                    continue
+                if speculative is not None:
+                    # The caller went on: the speculative final is out of date.
+                    self._drop(speculative_id, speculative)
+                    speculative = None
                 samples = frame.samples
                 if frame.sample_rate == _SAMPLE_RATE and resampler is not None:
                     # Back at 16 kHz: what the resampler still holds comes first.
@@ -360,51 +395,83 @@ class WhisperASR:
                     samples = resampler.process(samples)
                     if tail is not None:
                         samples = np.concatenate([tail, samples])
-                for full in utterance.add(int16_to_float32(samples)):
-                    windows.append(
-                        asyncio.create_task(self._decode(session, full, prompt, "window"))
-                    )
+                filled = len(windows)
+                total += self._add(utterance, samples, session, prompt, windows)
+                if len(windows) > filled:
                     # A partial in flight covers the window just decoded: it is out of date.
-                    self._drop(partials, partial)
+                    self._drop(partial_id, partial)
                     since_partial = 0
                 since_partial += len(samples)
                 if (
-                    partial is None
-                    and since_partial >= self._partial_samples
+                    partials
+                    and partial is None
+                    and since_partial >= need
                     and utterance.samples >= _MIN_SAMPLES
+                    # Under load, no partial: it would only delay someone's window or final.
+                    and self.scheduler.queued == 0
                 ):
-                    since_partial = 0
+                    since_partial, started = 0, time.monotonic()
                     partial = asyncio.create_task(
-                        self._decode(partials, utterance.current(), prompt, "partial")
+                        self._decode(partial_id, utterance.current(), prompt, "partial")
                     )
+                    latest = (total, partial)
             if resampler is not None:
-                for full in utterance.add(int16_to_float32(resampler.flush())):
-                    windows.append(
-                        asyncio.create_task(self._decode(session, full, prompt, "window"))
-                    )
-            # The user is waiting on the final now: partials would only delay it.
-            self._drop(partials, partial)
-            if partial is not None:
-                await asyncio.gather(partial, return_exceptions=True)
-                partial = None
-            final: list[asyncio.Task[str]] = []
-            if utterance.samples >= _MIN_SAMPLES:
-                final.append(
-                    asyncio.create_task(self._decode(session, utterance.current(), prompt, "final"))
+                total += self._add(utterance, resampler.flush(), session, prompt, windows)
+            final: asyncio.Task[str] | None = None
+            if latest is not None and _reusable(latest, total):
+                # Nothing came after that decode began: its text is the final's.
+                final = latest[1]
+            if partial is not final:
+                # The user is waiting on the final now: partials would only delay it.
+                self._drop(partial_id, partial)
+                if partial is not None:
+                    await asyncio.gather(partial, return_exceptions=True)
+                    partial = None
+            if final is None and utterance.samples >= _MIN_SAMPLES:
+                final = asyncio.create_task(
+                    self._decode(session, utterance.current(), prompt, "final")
                 )
-            windows.extend(final)
             texts = await asyncio.gather(*windows)
+            if final is not None:
+                texts.append(await self._final_text(final, session, utterance, prompt))
             yield Transcript(_join(texts), is_final=True, language=code)
         finally:
             # Barge-in, disconnect or done: free the engine of this stream's queued work and
             # leave no task behind.
-            self.scheduler.abort(session)
-            self.scheduler.abort(partials)
-            tasks = [t for t in (partial, incoming, *windows) if t is not None]
+            for owner in (session, partial_id, speculative_id):
+                self.scheduler.abort(owner)
+            tasks = [t for t in (partial, speculative, incoming, *windows) if t is not None]
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _add(
+        self,
+        utterance: _Utterance,
+        samples: PCM16,
+        session: str,
+        prompt: tuple[int, ...],
+        windows: list[asyncio.Task[str]],
+    ) -> int:
+        """Append ``samples`` to the utterance, queueing a decode of each window they fill."""
+        for full in utterance.add(int16_to_float32(samples)):
+            windows.append(asyncio.create_task(self._decode(session, full, prompt, "window")))
+        return len(samples)
+
+    async def _final_text(
+        self,
+        final: asyncio.Task[str],
+        session: str,
+        utterance: _Utterance,
+        prompt: tuple[int, ...],
+    ) -> str:
+        """The final decode's text; a reused decode that was aborted after all is redone."""
+        try:
+            return await final
+        except RequestAborted:
+            pass
+        return await self._decode(session, utterance.current(), prompt, "final")
 
     def _drop(self, partials: str, partial: asyncio.Task[str] | None) -> None:
         """Abort a stream's partial decode: queued, running, or not yet submitted."""
@@ -443,11 +510,19 @@ class _Utterance:
 
 
 async def _next_frame(frames: AsyncIterator[Frame]) -> Frame | None:
-    """The next non-empty frame; None at the end (a task cannot end in StopAsyncIteration)."""
+    """The next frame (empty: a pause mark); None at the end (a task cannot end in
+    StopAsyncIteration)."""
     async for frame in frames:
-        if len(frame):
-            return frame
+        return frame
     return None
+
+
+def _reusable(latest: tuple[int, asyncio.Task[str]] | None, total: int) -> bool:
+    """Whether ``latest`` decodes the stream's first ``total`` samples and has not failed."""
+    if latest is None or latest[0] != total:
+        return False
+    task = latest[1]
+    return not task.done() or (not task.cancelled() and task.exception() is None)
 
 
 def _partial_text(partial: asyncio.Task[str], windows: Sequence[asyncio.Task[str]]) -> str:
@@ -468,131 +543,3 @@ def _partial_text(partial: asyncio.Task[str], windows: Sequence[asyncio.Task[str
 
 def _join(texts: Sequence[str]) -> str:
     return " ".join(t for t in texts if t)
-
-
-def _log_mel(extractor: Any, samples: Float32) -> Float32:
-    """Whisper's log-mel features of ``samples`` padded with silence to 30 s.
-
-    faster-whisper's ``FeatureExtractor`` computation, with two changes that keep its values
-    (to float32 rounding) and cut its cost:
-
-    * Only the audio's own frames are computed: padding the audio to 30 s (Whisper's reference)
-      only adds frames of silence, whose value is the last frame's once enough zeros follow
-      the audio for that frame to see nothing else.
-    * Powers below 1e-30 are flushed to zero. The zeros after the audio leave FFT powers near
-      1e-36 whose products with the mel weights (>= 1e-5) are denormal floats, which made the
-      small mel matmul ~100x slower (measured: ~9 ms instead of ~0.1 ms for 2 s of audio);
-      what they add to a band is ~1e-30, far below the 1e-10 floor of the logarithm.
-    """
-    frames = extractor.nb_max_frames
-    hop = extractor.hop_length
-    n_fft = extractor.n_fft
-    waveform = np.pad(samples.astype(np.float32, copy=False), (0, n_fft + 2 * hop))
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    stft = extractor.stft(waveform, n_fft, hop, window=window, return_complex=True)
-    power = np.abs(stft.astype(np.complex64)[..., :-1]) ** 2
-    power[power < 1e-30] = 0.0
-    log_spec = np.log10(np.clip(extractor.mel_filters @ power, 1e-10, None))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    features = ((log_spec + 4.0) / 4.0)[:, :frames]
-    if features.shape[1] < frames:
-        silence = features[:, -1:]
-        pad = np.broadcast_to(silence, (features.shape[0], frames - features.shape[1]))
-        features = np.concatenate([features, pad], axis=1)
-    return np.ascontiguousarray(features, dtype=np.float32)
-
-
-# --- loading -----------------------------------------------------------------------------------
-
-
-def _pull_hint(name: str) -> str:
-    return f"run `parley models pull whisper:{name}` on a machine with internet"
-
-
-def _resolve(model: str, *, download_root: str | None, allow_download: bool) -> Path:
-    """The folder holding ``model``: itself, or its snapshot in the Hugging Face cache."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    from faster_whisper.utils import available_models, download_model
-
-    param = f"{_PARAM}.model"
-    if path.exists() or not (model in available_models() or _REPO_ID.match(model)):
-        raise ConfigError(
-            f"no Whisper model folder at {path}: asr.options.model is a folder holding a "
-            f"CTranslate2 Whisper conversion, a size ({', '.join(available_models())}) "
-            "or a hub repository id such as Systran/faster-whisper-small",
-            param=param,
-        )
-    try:
-        return Path(
-            download_model(model, local_files_only=not allow_download, cache_dir=download_root)
-        )
-    except Exception as exc:  # huggingface_hub's errors for a missing file or a failed fetch
-        reason = " ".join(str(exc).split())[:300]
-        if not allow_download:
-            raise ConfigError(
-                f"Whisper model {model!r} is neither a folder nor in the Hugging Face cache: "
-                f"{_pull_hint(model)} (and copy the cache over), or set asr.options.model to "
-                "a model folder",
-                param=param,
-            ) from exc
-        raise EngineUnavailableError(
-            f"could not fetch Whisper model {model!r}: {type(exc).__name__}: {reason}"
-        ) from exc
-
-
-def _load(path: Path, placement: Placement, cpu_threads: int) -> Any:
-    """faster-whisper's WhisperModel for the folder ``path``; ConfigError when it cannot be."""
-    param = f"{_PARAM}.model"
-    missing = [name for name in ("model.bin", "config.json") if not (path / name).is_file()]
-    if not any(path.glob("vocabulary.*")):
-        missing.append("vocabulary.*")
-    if missing:
-        raise ConfigError(
-            f"{path} is not a CTranslate2 Whisper model: it has no {', '.join(missing)}",
-            param=param,
-        )
-    if not (path / "tokenizer.json").is_file():
-        # faster-whisper would download openai/whisper-tiny's tokenizer at run time instead.
-        raise ConfigError(
-            f"{path} has no tokenizer.json: copy the one of the model it was converted from "
-            "(the Hugging Face repository's tokenizer.json) into it",
-            param=param,
-        )
-    from faster_whisper import WhisperModel
-
-    try:
-        model = WhisperModel(
-            str(path),
-            device=placement.kind,
-            device_index=placement.index,
-            compute_type=placement.dtype,
-            cpu_threads=cpu_threads,
-            local_files_only=True,
-        )
-    except Exception as exc:  # CTranslate2 and tokenizers raise plain RuntimeError/Exception
-        reason = " ".join(str(exc).split())[:300]
-        raise ConfigError(
-            f"could not load the Whisper model in {path}: {type(exc).__name__}: {reason}",
-            param=param,
-        ) from exc
-    tokenizer = model.hf_tokenizer
-    needed = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
-    if model.model.is_multilingual:
-        needed += ["<|transcribe|>", "<|en|>"]
-    absent = [t for t in needed if tokenizer.token_to_id(t) is None]
-    if absent:
-        raise ConfigError(
-            f"the tokenizer.json in {path} is not Whisper's: it lacks {', '.join(absent)}",
-            param=param,
-        )
-    mels = int(model.feature_extractor.mel_filters.shape[0])
-    if mels != int(model.model.n_mels):
-        raise ConfigError(
-            f"the Whisper model in {path} takes {model.model.n_mels} mel bands but its "
-            f"preprocessor_config.json gives {mels}: copy the preprocessor_config.json of the "
-            "model it was converted from into it",
-            param=param,
-        )
-    return model

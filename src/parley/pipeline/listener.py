@@ -179,6 +179,9 @@ class Listener:
         self._manual_samples = 0
         self.turn: Turn | None = None
         self.closed: list[Turn] = []
+        self.partials: bool = True
+        """Whether anyone reads partial transcripts (the client asked for transcription
+        deltas): without them a recogniser for which partials cost compute skips them."""
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -262,7 +265,11 @@ class Listener:
             self._remember_prefix(asr_audio)
         elif self._detector.silence_ms > ASR_TAIL_MS:
             # A pause: hold the audio back until speech resumes. If the turn ends instead, the
-            # recogniser never decodes its trailing silence (~500 ms of every turn).
+            # recogniser never decodes its trailing silence (~500 ms of every turn). At the
+            # pause's start the recogniser gets a pause mark (an empty frame): it may start
+            # decoding the final now, before the turn is known to have ended.
+            if not self._held:
+                self._feed(np.zeros(0, np.int16))
             self._held.append(asr_audio)
         else:
             while self._held:
@@ -461,6 +468,7 @@ class Listener:
         async def audio() -> AsyncIterator[Frame]:
             # Under load packets queue up while the recogniser works; hand it all of them at
             # once (one executor round trip instead of one per 20 ms packet).
+            # A pause mark (an empty chunk) stays a frame of its own, in its place.
             while True:
                 if turn.audio.empty():
                     turn.caught_up.set()
@@ -477,12 +485,22 @@ class Listener:
                     chunks.append(more)
                 turn.queued -= sum(len(c) for c in chunks)
                 turn.took.set()
-                yield Frame(chunks[0] if len(chunks) == 1 else np.concatenate(chunks), rate)
+                run: list[PCM16] = []
+                for chunk in chunks:
+                    if len(chunk):
+                        run.append(chunk)
+                        continue
+                    if run:
+                        yield Frame(run[0] if len(run) == 1 else np.concatenate(run), rate)
+                        run = []
+                    yield Frame(chunk, rate)
+                if run:
+                    yield Frame(run[0] if len(run) == 1 else np.concatenate(run), rate)
                 if ended:
                     return
 
         final: Transcript | None = None
-        stream = self.asr.stream(audio(), language=self.language)
+        stream = self.asr.stream(audio(), language=self.language, partials=self.partials)
         async with contextlib.aclosing(stream) as transcripts:
             async for transcript in transcripts:
                 if transcript.is_final:
