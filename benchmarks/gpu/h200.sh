@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --no-index --target /tmp/site .gpu-wheels/*.whl
+python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/site .gpu-wheels/*.whl 2>/dev/null
 export PYTHONPATH="$PWD/src:$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import platform, torch, transformers, onnxruntime
@@ -18,7 +18,7 @@ print("onnxruntime", onnxruntime.__version__, onnxruntime.get_available_provider
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/env.txt"
 timeout "${VITS_S:-240}" python3 benchmarks/bench_neural.py tts --engine vits --device cuda \
-    --levels "${VITS_LEVELS:-1,8,32,128}" --max-batch 128 --clauses 3 \
+    --levels "${VITS_LEVELS:-1,8,32,128}" --max-batch 128 --clauses 3 --dtype "${VITS_DTYPE:-float32}" \
     --json "$OUT/vits.json" 2>&1 | tee "$OUT/vits.log"
 if python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
     timeout "${PIPER_S:-150}" python3 benchmarks/bench_neural.py tts --engine piper --device cuda \

@@ -9,5 +9,5 @@ rm -rf .gpu-wheels && mkdir .gpu-wheels
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 --dest .gpu-wheels \
-    pydantic pydantic-core annotated-types typing-inspection soxr soundfile piper-tts
+    pydantic pydantic-core annotated-types typing-inspection soxr soundfile cffi pycparser piper-tts
 du -sh .gpu-wheels
