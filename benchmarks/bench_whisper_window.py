@@ -65,6 +65,7 @@ RULES: dict[str, Any] = {
     "buckets 5/10/20/30 + 2 s": WindowRule((5.0, 10.0, 20.0, 30.0), 2.0),
     "buckets 10/20/30 + 1 s": WindowRule((10.0, 20.0, 30.0), 1.0),
     "buckets 10/15/20/30 + 1 s": WindowRule((10.0, 15.0, 20.0, 30.0), 1.0),
+    "buckets 10/15/20/30 + 3 s (default)": WindowRule((10.0, 15.0, 20.0, 30.0), 3.0),
     "buckets 4/8/15/30 + 1 s": WindowRule((4.0, 8.0, 15.0, 30.0), 1.0),
 }
 

@@ -494,7 +494,7 @@ async def test_whisper_stream_longer_than_30s_joins_its_windows(
 async def test_whisper_batched_results_equal_unbatched(
     make: Callable[..., WhisperASR], dtype: str
 ) -> None:
-    """Every window is padded to 30 s, so a batch is a stack of equal shapes: greedy decoding
+    """These windows all take the 10 s bucket, so a batch stacks equal shapes: greedy decoding
     gives each row the tokens it gets alone (int8 GEMMs accumulate exactly; float32 ones may
     sum in another order per batch size, ~1e-7 apart, which has not flipped a token here)."""
     batched = make(dtype=dtype, max_wait_ms=50)
@@ -526,7 +526,9 @@ async def test_whisper_concurrent_streams_share_batches(
     assert sum(sizes) == asr.scheduler.stats.requests == sum(map(len, spy.batches))
     # Four streams paced alike share most batches (all four together when the machine is idle).
     assert max(sizes) == 4 and sum(sizes) >= 2 * len(sizes), sizes
-    assert len(spy.windows("final")) == 4  # one final per stream, no more
+    # One final per stream, no more: a final decode, or a partial of the whole clip reused.
+    whole = [w for k in ("final", "partial") for w in spy.windows(k) if len(w) == 24000]
+    assert len(spy.windows("final")) <= 4 <= len(whole)
     finals = [r[-1] for r in results]
     assert all(f.is_final for f in finals)
     assert [f.text for f in finals] == [(await alone.transcribe(c)).text for c in clips]

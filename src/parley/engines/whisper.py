@@ -3,23 +3,44 @@
 Every decode is one request to the engine's :class:`~parley.engines.batching.Scheduler`: a window
 of at most 30 s of 16 kHz audio. A batch of windows, from any number of sessions, becomes one
 stack of log-mel features and ONE CTranslate2 ``generate`` (encoder and greedy or beam decoder)
-on a dedicated worker thread; Whisper always encodes a full 30 s window, so a batch of 16 costs
-far less than 16 single decodes. ``max_batch_size=1`` turns batching off.
+on a dedicated worker thread. ``max_batch_size=1`` turns batching off.
+
+Encoder window (``window_s``, ``window_margin_s``): Whisper's reference pads every window to
+30 s, whose encoder pass is most of a decode's cost. CTranslate2 also encodes fewer frames, so
+a window is the audio plus ``window_margin_s`` of silence, rounded up to the smallest of
+``window_s`` (default 10/15/20/30 s plus 3 s); a batch runs one generate per window size. Measured
+with tiny.en on the 13 English clips of ``../shared/speech`` (2-11 s; 2-core CPU, shared, so
+the times are noisy; ``benchmarks/bench_whisper_window.py``): decode p50 563 ms at 30 s, 298 ms
+at 20 s, ~160-210 ms at 10-15 s, WER 0.102 at 30 s and 0.121 at 10-20 s (the difference:
+"eight" written "8" on one clip, one word on another). Less padding makes tiny.en loop: the
+audio plus 0-3 s (WER 0.59-1.55), a fixed 8 s window (0.44), and 8.5-9 s of audio in a 10 s
+window repeated its last sentence; hence a 10 s floor and a 3 s margin. ``window_s=(30,)``,
+``window_margin_s=0`` is the reference.
 
 Streaming: Whisper is not incremental, so :meth:`WhisperASR.stream` re-decodes the utterance so
 far every ``partial_interval_ms`` of new audio (at most one such partial decode outstanding per
 stream, queued as a continuation so that it never delays anyone's final) and yields it when
-the text changed. When the audio ends, outstanding partials are aborted and the final decode is
-queued as a *first* request, ahead of every session's partials. An utterance longer than 30 s
-is cut into 30 s windows; each full window is decoded once as soon as it fills and the final
-joins the windows' texts.
+the text changed. ``partials=False`` (nobody reads partial transcripts) decodes none. Under
+load partials thin out: none is submitted while any request waits in the scheduler's queue
+(it would only delay someone's window or final; it is retried at the next frame), and after a
+partial the next one waits for at least as much new audio as that one took to come back
+(queueing plus decoding), never less than ``partial_interval_ms``.
 
-Decoding follows Whisper's reference: the audio is padded with silence to 30 s, the prompt is
-``<|startoftranscript|>`` (plus language and task tokens on multilingual models) and
-``<|notimestamps|>``, and a window whose no-speech probability is high and whose text is
-unlikely is dropped as silence (faster-whisper's thresholds), the usual guard against Whisper
-inventing text for silence. There is no temperature fallback and no conditioning on the
-previous window's text.
+When the audio ends, outstanding partials are aborted and the final decode is queued as a
+*first* request, ahead of every session's partials. A pause mark (an empty frame: the caller
+went quiet; see :class:`~parley.engines.base.ASR`) starts that final decode speculatively, as a
+first request; if the stream ends with no audio after the mark its text is the final (no second
+decode), and audio after the mark aborts it. A decode of exactly the same samples that is
+already running or done (a partial of the whole utterance, when nothing came after it) is
+reused as the final in the same way; such a partial stays a continuation request. An
+utterance longer than 30 s is cut into 30 s windows; each full window is decoded once as soon
+as it fills and the final joins the windows' texts.
+
+Decoding follows Whisper's reference otherwise: the prompt is ``<|startoftranscript|>`` (plus
+language and task tokens on multilingual models) and ``<|notimestamps|>``, and a window whose
+no-speech probability is high and whose text is unlikely is dropped as silence (faster-whisper's
+thresholds), the usual guard against Whisper inventing text for silence. There is no
+temperature fallback and no conditioning on the previous window's text.
 
 Transcripts carry no word timings (``Transcript.words`` is empty) and their ``language`` is
 the one decoded with (English-only models always report ``en``); the language is not detected.
@@ -100,7 +121,9 @@ class WhisperASR:
     ``partial_interval_ms``: audio between partial decodes of a stream; ``beam_size`` 1 is greedy;
     ``max_new_tokens``: text tokens per 30 s window, and ``max_tokens_per_second`` of audio
     (plus 8; 0: no such cap) against Whisper's repetition loops; ``cpu_threads``: CTranslate2's
-    threads on the CPU (0: its default).
+    threads on the CPU (0: its default); ``window_s`` (bucket sizes, seconds) and
+    ``window_margin_s``: the encoder window, the smallest bucket holding the audio plus the
+    margin (see the module's docstring for the measurements behind the defaults).
     """
 
     name = "whisper"
@@ -120,8 +143,8 @@ class WhisperASR:
         max_new_tokens: int = 224,
         max_tokens_per_second: float = 10.0,
         cpu_threads: int = 0,
-        window_s: Sequence[float] = (30.0,),
-        window_margin_s: float = 0.0,
+        window_s: Sequence[float] = (10.0, 15.0, 20.0, 30.0),
+        window_margin_s: float = 3.0,
         download_root: str | None = None,
         allow_download: bool = False,
     ) -> None:
@@ -227,12 +250,25 @@ class WhisperASR:
         return {r.id: text for r, text in zip(requests, texts, strict=True)}
 
     def _decode_batch(self, windows: Sequence[_Window]) -> list[str]:
-        """One CTranslate2 generate for every window; runs on the worker thread."""
+        """One CTranslate2 generate per window size in the batch; runs on the worker thread.
+
+        Windows of one size stack into one generate. A batch of several sizes runs one
+        generate per size rather than padding all to the largest: a window then decodes to
+        the same text in any batch as alone, and short windows never pay for a 30 s encode.
+        """
+        sizes = [self.window.frames(len(w.samples)) for w in windows]
+        texts = [""] * len(windows)
+        for size in sorted(set(sizes)):
+            rows = [i for i, s in enumerate(sizes) if s == size]
+            for i, text in zip(rows, self._generate([windows[i] for i in rows], size), strict=True):
+                texts[i] = text
+        return texts
+
+    def _generate(self, windows: Sequence[_Window], frames: int) -> list[str]:
+        """One CTranslate2 generate for ``windows``, each in a window of ``frames`` frames."""
         import ctranslate2
 
         extractor = self._model.feature_extractor
-        # One shape per batch: every window padded to the largest any of them needs.
-        frames = max(self.window.frames(len(w.samples)) for w in windows)
         features = np.stack([_log_mel(extractor, w.samples, frames) for w in windows])
         prompts = [list(w.prompt) for w in windows]
         caps = [self._token_cap(len(w.samples)) for w in windows]
