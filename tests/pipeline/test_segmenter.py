@@ -21,11 +21,11 @@ def words(text: str) -> list[str]:
     ("text", "expected"),
     [
         ("Hello there. How are you? Fine!", ["Hello there.", "How are you?", "Fine!"]),
-        # Abbreviations, initials and decimals do not end a sentence (the first one, eight
-        # words long, is cut before "at").
+        # Abbreviations, initials and decimals do not end a sentence (eight words: too short
+        # for a word cut).
         (
             "Dr. Smith met J. Doe at 3.5 pm. Then left.",
-            ["Dr. Smith met J. Doe", "at 3.5 pm.", "Then left."],
+            ["Dr. Smith met J. Doe at 3.5 pm.", "Then left."],
         ),
         # The first clause is cut early at a comma; later commas wait for a longer clause.
         (

@@ -1,16 +1,16 @@
 """Cuts a stream of LLM text into clauses that TTS can speak while the LLM is still writing.
 
-The first clause of a reply is cut early because the caller hears nothing until it is spoken
-(a neural voice synthesises a clause whole before its first sample): at clause punctuation once
-it has ``first_min_chars``, or, when the first sentence runs on without any, at a word boundary
-after about ``first_words`` words. That word cut waits until two more words have come (so a
+The first clause of a reply is cut early because the caller hears nothing until it is spoken (a
+neural voice synthesises a clause whole before its first sample): at clause punctuation once it
+has ``first_min_chars``, or, when the first sentence runs on without any, at a word boundary
+after about ``first_words`` words. That word cut waits until three more words have come (so a
 sentence ending there is spoken whole, with no orphan word after the cut), prefers the boundary
-before a conjunction or preposition ("shipped | from our warehouse"), and never leaves a clause
-ending on a function word ("the", "has", "to"), a number ("at 3 | pm") or an abbreviation or
-initial ("Dr. | Smith"). Later clauses are cut at sentence ends, or at clause punctuation once
-they are long enough for natural prosody. Decimal points, common abbreviations and initials
-never cut. A clause over ``max_chars`` is cut at the last space so that TTS never waits on a
-run-on.
+before a conjunction or preposition ("shipped | from our warehouse", up to one word past
+``first_words``), and never leaves a clause ending on a function word ("the", "has", "to"), a
+number ("at 3 | pm") or an abbreviation or initial ("Dr. | Smith"). Later clauses are cut at
+sentence ends, or at clause punctuation once they are long enough for natural prosody. Decimal
+points, common abbreviations and initials never cut. A clause over ``max_chars`` is cut at the
+last space so that TTS never waits on a run-on.
 
 ``first_words`` = 6 is measured (``benchmarks/bench_quality.py``): with the Piper voice
 en_US-joe-medium on a 2-core CPU, six words take ~80 ms to first audio and last ~1.5 s, long
@@ -50,7 +50,7 @@ _ABBREVIATIONS = frozenset(
 )
 # A first clause cut at a word boundary prefers to end before one of these ...
 _BREAK_BEFORE_WORDS = (
-    "and but or so because to for with from on in at by that which who when where if while "
+    "and but or so because for with from on in at by that which who when where if while "
     "until before after about into since unless although though as"
 )
 _BREAK_BEFORE = frozenset(_BREAK_BEFORE_WORDS.split())
@@ -140,12 +140,13 @@ class ClauseSegmenter:
 
     def _word_cut(self, buf: str, end: int) -> int | None:
         """Where to cut a first clause at a word boundary before ``end`` (where punctuation
-        would cut it; see the module docstring). ``None`` until ``first_words`` + 2 whole
-        words have come before ``end``."""
+        would cut it; see the module docstring). ``None`` until ``first_words`` + 3 whole
+        words have come before ``end``: the choice depends on those words only, so a stream
+        of deltas and a whole text are cut alike."""
         # A word is whole once something follows it (or it ends at the punctuation cut).
         words = [m for m in _WORD.finditer(buf, 0, end) if m.end() < len(buf)]
         tail = 2
-        if len(words) < self.first_words + tail:
+        if len(words) < self.first_words + 1 + tail:
             return None
         lowest = max(2, self.first_words // 2)
         names = [w.group().lower().strip("\"'()[]{}«»“”‘’") for w in words]
@@ -161,7 +162,9 @@ class ClauseSegmenter:
             )
 
         near = [k for k in range(lowest, self.first_words + 1) if can_end(k)]
-        before_break = [k for k in near if names[k] in _BREAK_BEFORE]
+        # Before a conjunction or preposition, even one word past first_words.
+        before_break = [k for k in [*near, self.first_words + 1] if names[k] in _BREAK_BEFORE]
+        before_break = [k for k in before_break if k in near or can_end(k)]
         if before_break or near:
             k = (before_break or near)[-1]
         else:
