@@ -10,6 +10,8 @@ caller goes on).
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,42 @@ async def test_a_partial_of_the_same_samples_is_reused_as_the_final(
     assert [k for _, k in submitted.seen] == ["partial"]
     assert transcripts[-1].is_final
     assert transcripts[-1].text == (await asr.transcribe(clip)).text
+
+
+@pytest.mark.parametrize(("adaptive", "expected"), [(True, 1), (False, 2)])
+async def test_after_a_slow_partial_the_next_waits_a_whole_interval(
+    make: Callable[..., WhisperASR],
+    monkeypatch: pytest.MonkeyPatch,
+    adaptive: bool,
+    expected: int,
+) -> None:
+    asr = make(partial_interval_ms=200, adaptive_partials=adaptive)
+    submitted = _Submissions(asr, monkeypatch)
+    generate = asr._generate
+    returned = threading.Event()
+
+    def slow(windows: Any, frames: int) -> list[str]:
+        time.sleep(0.4)  # longer than the 200 ms interval: a loaded engine
+        texts = generate(windows, frames)
+        returned.set()
+        return texts
+
+    monkeypatch.setattr(asr, "_generate", slow)
+    clip = _clip("en_jfk_wav")
+    step = 1600  # 100 ms
+
+    async def audio() -> AsyncIterator[Frame]:
+        for i in range(3):  # 300 ms: the first partial
+            yield Frame(clip.samples[i * step : (i + 1) * step], 16000)
+        assert submitted.kinds("partial") == 1
+        for i in range(3, 6):  # 300 ms more while it decodes
+            yield Frame(clip.samples[i * step : (i + 1) * step], 16000)
+        assert await asyncio.to_thread(returned.wait, 10)
+        await asyncio.sleep(0.1)  # the stream has seen it return
+        # 100 ms after the slow partial came back: only the fixed rule decodes again.
+        yield Frame(clip.samples[6 * step : 7 * step], 16000)
+        await asyncio.sleep(0.05)
+        assert submitted.kinds("partial") == expected
+
+    transcripts = [t async for t in asr.stream(audio())]
+    assert transcripts[-1].is_final

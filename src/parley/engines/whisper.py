@@ -23,8 +23,11 @@ stream, queued as a continuation so that it never delays anyone's final) and yie
 the text changed. ``partials=False`` (nobody reads partial transcripts) decodes none. Under
 load partials thin out: none is submitted while any request waits in the scheduler's queue
 (it would only delay someone's window or final; it is retried at the next frame), and after a
-partial the next one waits for at least as much new audio as that one took to come back
-(queueing plus decoding), never less than ``partial_interval_ms``.
+partial that took longer than ``partial_interval_ms`` to come back (queueing plus decoding) the
+next one waits for a whole interval of audio counted from its return rather than from its
+submission, so that a slow engine spends at most about half its time on one stream's partials
+(``adaptive_partials=False`` turns both rules off: a partial every interval of audio, at most
+one outstanding).
 
 When the audio ends, outstanding partials are aborted and the final decode is queued as a
 *first* request, ahead of every session's partials. A pause mark (an empty frame: the caller
@@ -123,7 +126,8 @@ class WhisperASR:
     (plus 8; 0: no such cap) against Whisper's repetition loops; ``cpu_threads``: CTranslate2's
     threads on the CPU (0: its default); ``window_s`` (bucket sizes, seconds) and
     ``window_margin_s``: the encoder window, the smallest bucket holding the audio plus the
-    margin (see the module's docstring for the measurements behind the defaults).
+    margin (see the module's docstring for the measurements behind the defaults);
+    ``adaptive_partials=False``: partials every ``partial_interval_ms`` whatever the load.
     """
 
     name = "whisper"
@@ -145,6 +149,7 @@ class WhisperASR:
         cpu_threads: int = 0,
         window_s: Sequence[float] = (10.0, 15.0, 20.0, 30.0),
         window_margin_s: float = 3.0,
+        adaptive_partials: bool = True,
         download_root: str | None = None,
         allow_download: bool = False,
     ) -> None:
@@ -160,6 +165,7 @@ class WhisperASR:
                 param=_PARAM,
             )
         self.window = WindowRule.of(window_s, window_margin_s)
+        self._adaptive = adaptive_partials
         import ctranslate2
 
         cpu_types = ctranslate2.get_supported_compute_types("cpu")
@@ -190,6 +196,7 @@ class WhisperASR:
         self._max_new_tokens = max_new_tokens
         self._tokens_per_second = max_tokens_per_second
         self._partial_samples = max(1, round(partial_interval_ms * _SAMPLE_RATE / 1000))
+        self._partial_s = partial_interval_ms / 1000
         self._sessions = itertools.count(1)
         # One thread: one generate at a time uses the whole device; more would only contend.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="whisper")
@@ -374,17 +381,18 @@ class WhisperASR:
         latest: tuple[int, asyncio.Task[str]] | None = None
         incoming: asyncio.Task[Frame | None] | None = None
         resampler: StreamResampler | None = None
-        since_partial, need, total, started = 0, self._partial_samples, 0, 0.0
+        since_partial, total, started = 0, 0, 0.0
         last = ""
         frames = aiter(audio)
         try:
             while True:
                 if partial is not None and partial.done():
                     text = _partial_text(partial, windows)
-                    # Adaptive: the next partial waits for at least as much new audio as
-                    # this one took to come back (queueing and decoding).
-                    took = round((time.monotonic() - started) * _SAMPLE_RATE)
-                    need = max(self._partial_samples, took)
+                    # Adaptive: a partial that took longer than the interval to come back
+                    # (queueing and decoding) means a loaded engine; the next one waits for a
+                    # whole interval of audio from now, not from this one's submission.
+                    if self._adaptive and time.monotonic() - started > self._partial_s:
+                        since_partial = 0
                     partial = None
                     if text and text != last:
                         last = text
@@ -441,10 +449,10 @@ class WhisperASR:
                 if (
                     partials
                     and partial is None
-                    and since_partial >= need
+                    and since_partial >= self._partial_samples
                     and utterance.samples >= _MIN_SAMPLES
                     # Under load, no partial: it would only delay someone's window or final.
-                    and self.scheduler.queued == 0
+                    and (not self._adaptive or self.scheduler.queued == 0)
                 ):
                     since_partial, started = 0, time.monotonic()
                     partial = asyncio.create_task(
