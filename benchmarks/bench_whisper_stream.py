@@ -120,7 +120,7 @@ async def speculation(asr: WhisperASR, silence_ms: int, repeat: int) -> list[dic
         row["same_text"] = row["same_text"] == row["text"]
         del row["text"]
         print(
-            f"| {name} | {row['seconds']} | {row['plain']:.0f} | {row['speculative']:.0f} | "
+            f"| {name} | {row['seconds']} | {row['plain']:.0f} | {row['speculative']:.1f} | "
             f"{row['same_text']} |",
             flush=True,
         )

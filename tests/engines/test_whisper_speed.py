@@ -10,6 +10,7 @@ caller goes on).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from parley.bench.engines import _wer
 from parley.engines.batching import Scheduler
 from parley.engines.whisper import WhisperASR
 from parley.engines.whisper_features import WindowRule
+from parley.engines.whisper_stream import Agreement
 
 SPEECH = Path(__file__).resolve().parents[2].parent / "shared" / "speech"
 
@@ -270,3 +272,33 @@ async def test_after_a_slow_partial_the_next_waits_a_whole_interval(
 
     transcripts = [t async for t in asr.stream(audio())]
     assert transcripts[-1].is_final
+
+
+# --- local agreement ---------------------------------------------------------------------------
+
+
+def test_agreement_shows_what_two_hypotheses_agree_on_and_only_grows() -> None:
+    agreement = Agreement()
+    assert agreement.update("she had") is None  # nothing to agree with yet
+    assert agreement.update("she had your") == "she had"
+    assert agreement.update("She had your dark.") == "she had your"  # case, punctuation
+    assert agreement.update("she hid your dark suit") is None  # a revision: shown stays
+    assert agreement.update("she had your dark suit in") is None  # disagrees with "hid"
+    assert agreement.update("she had your dark suit in greasy") == "she had your dark suit in"
+    assert agreement.shown == ["she", "had", "your", "dark", "suit", "in"]
+
+
+async def test_stable_partials_only_grow_on_real_speech(make: Callable[..., WhisperASR]) -> None:
+    asr = make(partial_interval_ms=300, stable_partials=True)
+    clip = _clip("en_librivox_0870")
+
+    async def paced() -> AsyncIterator[Frame]:
+        async for frame in _frames(clip):
+            yield frame
+            await asyncio.sleep(0.05)  # 2x real time
+
+    transcripts = [t async for t in asr.stream(paced())]
+    partials = [t.text for t in transcripts if not t.is_final]
+    assert partials, "nothing agreed on before the final"
+    assert all(b.startswith(a) for a, b in itertools.pairwise(partials)), partials
+    assert transcripts[-1].is_final and _wer(transcripts[-1].text, partials[-1]) < 1.0

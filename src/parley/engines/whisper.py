@@ -27,7 +27,9 @@ partial that took longer than ``partial_interval_ms`` to come back (queueing plu
 next one waits for a whole interval of audio counted from its return rather than from its
 submission, so that a slow engine spends at most about half its time on one stream's partials
 (``adaptive_partials=False`` turns both rules off: a partial every interval of audio, at most
-one outstanding).
+one outstanding). ``stable_partials=True`` applies local agreement: a partial shows only the
+words that it and the previous partial agree on, so partials only grow (deltas stay
+append-only); it costs no decode, and the final may still differ from the last partial.
 
 When the audio ends, outstanding partials are aborted and the final decode is queued as a
 *first* request, ahead of every session's partials. A pause mark (an empty frame: the caller
@@ -63,7 +65,7 @@ import itertools
 import math
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -79,12 +81,18 @@ from parley.engines.whisper_features import WindowRule
 from parley.engines.whisper_features import log_mel as _log_mel
 from parley.engines.whisper_loading import load as _load
 from parley.engines.whisper_loading import resolve as _resolve
+from parley.engines.whisper_stream import WINDOW_SAMPLES as _WINDOW_SAMPLES
+from parley.engines.whisper_stream import Agreement as _Agreement
+from parley.engines.whisper_stream import Utterance as _Utterance
+from parley.engines.whisper_stream import join as _join
+from parley.engines.whisper_stream import next_frame as _next_frame
+from parley.engines.whisper_stream import partial_text as _partial_text
+from parley.engines.whisper_stream import reusable as _reusable
 from parley.errors import ConfigError, EngineError
 
 __all__ = ["WhisperASR"]
 
 _SAMPLE_RATE = 16000
-_WINDOW_SAMPLES = 30 * _SAMPLE_RATE
 # Shorter audio is not worth a decode: Whisper only invents text for it.
 _MIN_SAMPLES = _SAMPLE_RATE // 10
 # Whisper's decoder has 448 positions for prompt and text together.
@@ -127,7 +135,9 @@ class WhisperASR:
     threads on the CPU (0: its default); ``window_s`` (bucket sizes, seconds) and
     ``window_margin_s``: the encoder window, the smallest bucket holding the audio plus the
     margin (see the module's docstring for the measurements behind the defaults);
-    ``adaptive_partials=False``: partials every ``partial_interval_ms`` whatever the load.
+    ``adaptive_partials=False``: partials every ``partial_interval_ms`` whatever the load;
+    ``stable_partials``: local agreement, a partial shows only the words that it and the one
+    before agree on, so that partials only ever grow (the final may still differ).
     """
 
     name = "whisper"
@@ -150,6 +160,7 @@ class WhisperASR:
         window_s: Sequence[float] = (10.0, 15.0, 20.0, 30.0),
         window_margin_s: float = 3.0,
         adaptive_partials: bool = True,
+        stable_partials: bool = False,
         download_root: str | None = None,
         allow_download: bool = False,
     ) -> None:
@@ -166,6 +177,7 @@ class WhisperASR:
             )
         self.window = WindowRule.of(window_s, window_margin_s)
         self._adaptive = adaptive_partials
+        self._stable = stable_partials
         import ctranslate2
 
         cpu_types = ctranslate2.get_supported_compute_types("cpu")
@@ -383,6 +395,7 @@ class WhisperASR:
         resampler: StreamResampler | None = None
         since_partial, total, started = 0, 0, 0.0
         last = ""
+        agreement = _Agreement() if self._stable else None
         frames = aiter(audio)
         try:
             while True:
@@ -394,6 +407,8 @@ class WhisperASR:
                     if self._adaptive and time.monotonic() - started > self._partial_s:
                         since_partial = 0
                     partial = None
+                    if text and agreement is not None:
+                        text = agreement.update(text) or ""
                     if text and text != last:
                         last = text
                         yield Transcript(text, is_final=False, language=code)
@@ -522,68 +537,3 @@ class WhisperASR:
         self.scheduler.abort(partials)
         if partial is not None:
             partial.cancel()
-
-
-class _Utterance:
-    """The audio of the current (not yet full) 30 s window."""
-
-    __slots__ = ("_parts", "samples")
-
-    def __init__(self) -> None:
-        self._parts: list[Float32] = []
-        self.samples = 0
-
-    def add(self, samples: Float32) -> list[Float32]:
-        """Append ``samples``; return the windows that they filled (usually none)."""
-        full: list[Float32] = []
-        while len(samples):
-            take = min(len(samples), _WINDOW_SAMPLES - self.samples)
-            self._parts.append(samples[:take])
-            self.samples += take
-            samples = samples[take:]
-            if self.samples == _WINDOW_SAMPLES:
-                full.append(self.current())
-                self._parts = []
-                self.samples = 0
-        return full
-
-    def current(self) -> Float32:
-        if len(self._parts) > 1:
-            self._parts = [np.concatenate(self._parts)]
-        return self._parts[0] if self._parts else np.zeros(0, np.float32)
-
-
-async def _next_frame(frames: AsyncIterator[Frame]) -> Frame | None:
-    """The next frame (empty: a pause mark); None at the end (a task cannot end in
-    StopAsyncIteration)."""
-    async for frame in frames:
-        return frame
-    return None
-
-
-def _reusable(latest: tuple[int, asyncio.Task[str]] | None, total: int) -> bool:
-    """Whether ``latest`` decodes the stream's first ``total`` samples and has not failed."""
-    if latest is None or latest[0] != total:
-        return False
-    task = latest[1]
-    return not task.done() or (not task.cancelled() and task.exception() is None)
-
-
-def _partial_text(partial: asyncio.Task[str], windows: Sequence[asyncio.Task[str]]) -> str:
-    """A finished partial's text after the texts of the windows decoded so far; "" if aborted."""
-    if partial.cancelled():
-        return ""
-    try:
-        text = partial.result()
-    except RequestAborted:
-        return ""
-    before = []
-    for window in windows:
-        if not window.done() or window.cancelled() or window.exception() is not None:
-            break
-        before.append(window.result())
-    return _join([*before, text])
-
-
-def _join(texts: Sequence[str]) -> str:
-    return " ".join(t for t in texts if t)
