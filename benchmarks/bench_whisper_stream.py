@@ -209,7 +209,7 @@ def main() -> int:
             "final p50 ms | final p95 ms |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        sessions = [int(n) for n in args.sessions.split(",")]
+        sessions = [int(n) for n in args.sessions.split(",") if int(n) > 0]
         return {"speculation": spec, "load": await load(model, sessions, args.silence_ms)}
 
     out = asyncio.run(run())
