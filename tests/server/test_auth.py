@@ -223,7 +223,9 @@ def test_auth_metrics_token(tmp_path: Path) -> None:
     from parley.engines.registry import build_engines
     from parley.server.app import create_app
 
-    settings = load_settings(env={"PARLEY_PROFILE": "fast"}, overrides={"server.metrics_token": "op-secret"})
+    settings = load_settings(
+        env={"PARLEY_PROFILE": "fast"}, overrides={"server.metrics_token": "op-secret"}
+    )
     database = Database(tmp_path / "p.db")
     app = create_app(settings, build_engines(settings), database=database)
     with TestClient(app) as client:

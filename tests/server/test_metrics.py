@@ -42,7 +42,11 @@ def engines() -> Engines:
 @pytest.fixture
 def client(engines: Engines) -> Iterator[TestClient]:
     app = create_app(
-        load_settings(env={"PARLEY_PROFILE": "fast"}), engines, auth=False, metrics=Metrics(), tracer=TurnTracer()
+        load_settings(env={"PARLEY_PROFILE": "fast"}),
+        engines,
+        auth=False,
+        metrics=Metrics(),
+        tracer=TurnTracer(),
     )
     with TestClient(app) as client:
         yield client

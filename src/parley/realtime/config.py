@@ -27,6 +27,7 @@ from parley.errors import Code, ProtocolError, as_parley_error
 from parley.pipeline.listener import EAGERNESS_SILENCE_MS
 from parley.pipeline.options import ResponseOptions
 from parley.realtime import wire
+from parley.realtime.commands import Configure
 
 __all__ = [
     "EAGERNESS_SILENCE_MS",
@@ -263,6 +264,34 @@ def check_language(language: str, d: SessionDefaults, event_id: str | None) -> N
         param=param,
         code=Code.INVALID_VALUE,
         event_id=event_id,
+    )
+
+
+def wants_deltas(update: wire.SessionConfig, before: bool, kind: SessionKind) -> bool:
+    """Whether the client asked for transcription itself after ``update`` (a transcription
+    session always has): only then are partial transcripts decoded, to send as deltas."""
+    inp = update.audio.input if update.audio is not None else None
+    if inp is None or "transcription" not in inp.model_fields_set:
+        return before
+    return inp.transcription is not None or kind == "transcription"
+
+
+def configure(
+    config: wire.SessionConfig,
+    d: SessionDefaults,
+    instructions: str | tuple[ContentPart, ...],
+    *,
+    deltas: bool,
+) -> Configure:
+    """The command that brings the pipeline in line with the session's configuration."""
+    return Configure(
+        input_rate=input_format(config).sample_rate,
+        output_rate=output_format(config).sample_rate,
+        turn_detection=turn_detection(config, d),
+        defaults=response_options(config),
+        instructions=instructions,
+        language=transcription_language(config),
+        partials=deltas and transcription_on(config),
     )
 
 

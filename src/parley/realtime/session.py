@@ -172,15 +172,7 @@ class RealtimeSession:
 
     def configure(self) -> Configure:
         """The command that brings the pipeline in line with the session's configuration."""
-        return Configure(
-            input_rate=cfg.input_format(self.config).sample_rate,
-            output_rate=cfg.output_format(self.config).sample_rate,
-            turn_detection=cfg.turn_detection(self.config, self.defaults),
-            defaults=cfg.response_options(self.config),
-            instructions=self._instructions,
-            language=cfg.transcription_language(self.config),
-            partials=self._deltas and cfg.transcription_on(self.config),
-        )
+        return cfg.configure(self.config, self.defaults, self._instructions, deltas=self._deltas)
 
     def open(self) -> Output:
         """``session.created`` and the initial configuration."""
@@ -249,9 +241,7 @@ class RealtimeSession:
             instructions = new.instructions or ""
         self.config = new
         self._instructions = instructions
-        inp = update.audio.input if update.audio is not None else None
-        if inp is not None and "transcription" in inp.model_fields_set:
-            self._deltas = inp.transcription is not None or self.kind == "transcription"
+        self._deltas = cfg.wants_deltas(update, self._deltas, self.kind)
         return Output([event("session.updated", session=self.session_object)], [self.configure()])
 
     def _resolve_prompt(
