@@ -24,9 +24,13 @@ import soundfile as sf
 from parley.audio.frames import Frame
 from parley.bench.engines import _wer
 from parley.engines.batching import Scheduler
+from parley.engines.instrumented import instrument
+from parley.engines.registry import Engines, languages_of
 from parley.engines.whisper import WhisperASR
 from parley.engines.whisper_features import WindowRule
 from parley.engines.whisper_stream import Agreement
+from parley.errors import ConfigError
+from tests.fakes.engines import FakeEnergyVAD, FakeScriptedLLM, FakeToneTTS
 
 SPEECH = Path(__file__).resolve().parents[2].parent / "shared" / "speech"
 
@@ -302,3 +306,30 @@ async def test_stable_partials_only_grow_on_real_speech(make: Callable[..., Whis
     assert partials, "nothing agreed on before the final"
     assert all(b.startswith(a) for a, b in itertools.pairwise(partials)), partials
     assert transcripts[-1].is_final and _wer(transcripts[-1].text, partials[-1]) < 1.0
+
+
+# --- languages ----------------------------------------------------------------------------------
+
+
+async def test_an_english_only_model_says_so_and_refuses_other_languages(
+    make: Callable[..., WhisperASR],
+) -> None:
+    asr = make()
+    assert asr.languages == frozenset({"en"})
+    wrapped = instrument(
+        Engines(vad=FakeEnergyVAD(), asr=asr, llm=FakeScriptedLLM(), tts=FakeToneTTS()),
+        lambda kind, name: None,
+        lambda kind, name: None,
+    )
+    assert languages_of(wrapped.asr) == frozenset({"en"})
+    with pytest.raises(ConfigError, match="English only") as caught:
+        await asr.transcribe(_clip("en_goforward_raw"), language="de")
+    assert caught.value.param == "language"
+    heard = await asr.transcribe(_clip("en_goforward_raw"), language="en-US")
+    assert "forward" in heard.text.lower()
+
+
+def test_an_english_only_model_cannot_be_configured_for_another_language(tiny_en: str) -> None:
+    with pytest.raises(ConfigError, match="English only") as caught:
+        WhisperASR(model=tiny_en, language="fr")
+    assert caught.value.param == "asr.language"

@@ -317,6 +317,7 @@ class PocketsphinxASR:
     """
 
     name = "pocketsphinx"
+    languages = frozenset({"en"})  # its en-US acoustic model
     sample_rate = SAMPLE_RATE
 
     def __init__(

@@ -222,12 +222,23 @@ class WhisperASR:
 
     # --- languages and prompts -------------------------------------------------------------
 
+    @property
+    def languages(self) -> frozenset[str]:
+        """The ISO 639-1 codes this model transcribes (English-only models: ``en``)."""
+        return frozenset(self._supported) if self._multilingual else frozenset({"en"})
+
     def _language(self, language: str | None, *, param: str = "language") -> str:
         """The language code to decode with; ConfigError when the model cannot."""
-        if not self._multilingual:
-            return "en"
         if language is None:
             return self.language
+        if not self._multilingual:
+            if language.strip().lower().replace("_", "-").split("-")[0] != "en":
+                raise ConfigError(
+                    f"this Whisper model transcribes English only, not {language!r}; use a "
+                    "multilingual model (asr.options.model = small) for other languages",
+                    param=param,
+                )
+            return "en"
         code = language.strip().lower().replace("_", "-").split("-")[0]
         if code not in self._supported:
             raise ConfigError(
