@@ -653,12 +653,19 @@ async def test_whisper_multilingual_model_decodes_the_language_asked_for(
         WhisperASR(model=str(multilingual_dir), language="xx")
 
 
-async def test_whisper_english_only_model_ignores_the_language(
+async def test_whisper_english_only_model_refuses_other_languages(
     make: Callable[..., WhisperASR],
 ) -> None:
-    asr = make(language="de")
+    """It used to transcribe as English whatever was asked: now the caller hears why not."""
+    with pytest.raises(ConfigError, match="English only") as configured:
+        make(language="de")
+    assert configured.value.param == "asr.language"
+    asr = make()
     clip = _noise(1.0, 1)
-    result = await asr.transcribe(clip, language="fr")
+    with pytest.raises(ConfigError, match="English only") as asked:
+        await asr.transcribe(clip, language="fr")
+    assert asked.value.param == "language"
+    result = await asr.transcribe(clip, language="en-GB")
     assert result.language == "en"
     assert result.text == (await asr.transcribe(clip)).text
 
