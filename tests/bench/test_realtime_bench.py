@@ -341,3 +341,19 @@ async def test_bench_sends_the_api_key_and_names_it_when_refused() -> None:
         with pytest.raises(EngineUnavailableError, match=r"HTTP 401.*--api-key"):
             await check_reachable(url)
         await check_reachable(url, "sk-test")
+
+
+def test_bench_semantic_vad_judges_the_gap_whole(
+    bench_server: Server, clip_dir: Path, tmp_path: Path
+) -> None:
+    argv = ["bench", "realtime", "--url", bench_server.ws_url, "--sessions", "1", "--turns", "1"]
+    argv += ["--semantic-vad", "high", "--clips", str(clip_dir), "--slo-p95-ms", "5000"]
+    code, printed = asyncio.run(run([*argv, "--json", str(tmp_path / "r.json")]))
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0, printed
+    assert data["config"]["semantic_vad"] == "high" and data["config"]["silence_ms"] == 0
+    assert "--semantic-vad high" in data["command"] and "--silence-ms" not in data["command"]
+    [level] = data["levels"]
+    [turn] = level["turns"]
+    assert turn["error"] is None and turn["status"] == "completed"
+    assert turn["turn_gap_minus_silence_ms"] == turn["turn_gap_ms"]

@@ -154,6 +154,8 @@ class Caller:
                             "type": "server_vad",
                             "silence_duration_ms": self.config.silence_ms,
                         }
+                        if self.config.semantic is None
+                        else {"type": "semantic_vad", "eagerness": self.config.semantic}
                     }
                 },
             },

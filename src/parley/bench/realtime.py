@@ -63,7 +63,8 @@ async def _run_realtime(args: argparse.Namespace, console: Console) -> int:
         url=args.url,
         levels=_levels(args),
         turns=args.turns,
-        silence_ms=args.silence_ms,
+        silence_ms=0 if args.semantic_vad else args.silence_ms,
+        semantic=args.semantic_vad,
         slo_p95_ms=args.slo_p95_ms,
         barge_in=args.barge_in,
         seed=args.seed,
@@ -151,6 +152,13 @@ def add_bench_parser(subparsers: Any) -> None:
         type=int,
         default=500,
         help="server VAD silence_duration_ms set on each session (default 500)",
+    )
+    rt.add_argument(
+        "--semantic-vad",
+        choices=("low", "medium", "high", "auto"),
+        metavar="EAGERNESS",
+        help="semantic_vad at this eagerness instead of server_vad (the gap is then judged "
+        "whole: no silence window is subtracted)",
     )
     rt.add_argument(
         "--barge-in",

@@ -29,6 +29,9 @@ class BenchConfig:
     levels: tuple[int, ...]
     turns: int
     silence_ms: int = 500
+    # semantic_vad at this eagerness instead of server_vad (no fixed silence window: the gap
+    # is judged whole, silence_ms is 0).
+    semantic: str | None = None
     slo_p95_ms: float = 500.0
     barge_in: bool = False
     seed: int = 0

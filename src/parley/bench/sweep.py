@@ -132,6 +132,7 @@ async def run_bench(
             "levels": list(config.levels),
             "turns": config.turns,
             "silence_ms": config.silence_ms,
+            "semantic_vad": config.semantic,
             "slo_p95_ms": config.slo_p95_ms,
             "barge_in": config.barge_in,
             "seed": config.seed,
@@ -167,7 +168,11 @@ def command_line(config: BenchConfig) -> str:
         args += ["--sessions", str(config.levels[0])]
     else:
         args += ["--sweep", ",".join(map(str, config.levels))]
-    args += ["--silence-ms", str(config.silence_ms), "--slo-p95-ms", f"{config.slo_p95_ms:g}"]
+    if config.semantic is not None:
+        args += ["--semantic-vad", config.semantic]
+    else:
+        args += ["--silence-ms", str(config.silence_ms)]
+    args += ["--slo-p95-ms", f"{config.slo_p95_ms:g}"]
     args += ["--seed", str(config.seed)]
     if config.barge_in:
         args.append("--barge-in")
