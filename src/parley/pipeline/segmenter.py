@@ -13,11 +13,12 @@ points, common abbreviations and initials never cut. A clause over ``max_chars``
 last space so that TTS never waits on a run-on.
 
 ``first_words`` = 6 is measured (``benchmarks/bench_quality.py``, Piper voice en_US-joe-medium,
-2-core CPU): first audio of six support-line replies p50 80 ms / p95 222 ms, against 276 / 710
-ms when the whole first sentence was the first clause (12-24 words: 355-426 ms p50 each); 4 words
-was no faster, 8 a little slower at p50. No later clause came late against real-time
-playback: a first clause of at least ~0.5 s of audio hides the next one's synthesis. Whisper
-hears the cut replies as well as the uncut ones.
+2-core CPU shared with other work, three runs): first audio of six support-line replies p50
+66-80 ms, p95 208-258 ms, against p50 227-514 ms, p95 441-832 ms when the whole first sentence
+was the first clause. Four words was no faster on average (p50 51-116 ms) and gave choppier
+three-word clauses; eight was slower (p50 91-103 ms). No later clause came late against
+real-time playback (a first clause of at least ~0.5 s of audio hides the next one's synthesis),
+and Whisper hears the cut replies as well as the uncut ones.
 """
 
 from __future__ import annotations
