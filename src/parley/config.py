@@ -124,6 +124,10 @@ class PipelineSettings(_Section):
     # Longest text parley will speak in one request (CLI ``say``, REST speech).
     max_speech_chars: int = Field(4096, ge=1)
     output_sample_rate: int = 24000
+    # Realtime replies: later clauses are synthesised only while the audio already sent is
+    # less than this far ahead of real-time playback, so that a long reply's tail does not take
+    # the CPU from other callers' first words (0: synthesise as fast as the engine goes).
+    tts_lead_ms: float = Field(2000.0, ge=0)
 
 
 class ServerSettings(_Section):

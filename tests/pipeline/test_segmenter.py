@@ -32,6 +32,13 @@ def words(text: str) -> list[str]:
             "Well, I think so, and you, too. Next.",
             ["Well, I think so,", "and you, too.", "Next."],
         ),
+        # A short opener is a clause of its own (its audio starts in a few tens of ms); a
+        # comma after fewer than six characters is not worth a clause.
+        (
+            "Sorry, I don't have an answer to that. Bye.",
+            ["Sorry,", "I don't have an answer to that.", "Bye."],
+        ),
+        ("Ok, fine. Bye.", ["Ok, fine.", "Bye."]),
         ('He said "stop." Then we went.', ['He said "stop."', "Then we went."]),
         ("No punctuation at all here", ["No punctuation at all here"]),
         ("Line one\nLine two", ["Line one", "Line two"]),

@@ -95,6 +95,7 @@ class Pipeline:
             emit=self._emit,
             spawn=self._spawn,
             clock=lambda: self.listener.input_ms,
+            lead_ms=settings.pipeline.tts_lead_ms,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------

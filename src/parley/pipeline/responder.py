@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, assert_never
@@ -72,6 +73,7 @@ class Response:
     spoken: list[Spoken] = field(default_factory=list)
     # Input-clock position when its first audio went out: playback starts there.
     playback_start_ms: float | None = None
+    first_audio_s: float | None = None  # time.monotonic() of its first audio
     done: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -110,8 +112,12 @@ class Responder:
         emit: Callable[[PipelineEvent], None],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         clock: Callable[[], float],
+        lead_ms: float = 0.0,
     ) -> None:
         self.llm = llm
+        # Later clauses are synthesised only while the audio already sent is less than this
+        # far ahead of real-time playback (0: as fast as the engine goes).
+        self.lead_ms = lead_ms
         self.tts = tts
         self.history = history
         self._emit = emit
@@ -326,6 +332,7 @@ class Responder:
     async def _speak(self, resp: Response, clauses: asyncio.Queue[str | None]) -> None:
         async def queued() -> AsyncIterator[str]:
             while (clause := await clauses.get()) is not None:
+                await self._pace(resp)
                 yield clause
 
         options = SpeechOptions(
@@ -343,9 +350,22 @@ class Responder:
                 if resp.playback_start_ms is None:
                     resp.timeline.mark("first_audio_out")
                     resp.playback_start_ms = self._clock()
+                    resp.first_audio_s = time.monotonic()
                     self.playback = resp
                 resp.audio_samples += len(out)
                 self._emit(ResponseAudio(resp.id, resp.item_id, out))
+
+
+    async def _pace(self, resp: Response) -> None:
+        """Wait while ``resp``'s audio is more than ``lead_ms`` ahead of its playback (counted
+        in wall time from its first audio): a clause the caller will not hear for seconds must
+        not take the CPU from another caller's first clause or final transcript."""
+        if self.lead_ms <= 0 or resp.first_audio_s is None:
+            return
+        played_ms = 1000.0 * (time.monotonic() - resp.first_audio_s)
+        ahead_ms = resp.audio_ms - played_ms
+        if ahead_ms > self.lead_ms:
+            await asyncio.sleep((ahead_ms - self.lead_ms) / 1000.0)
 
 
 def _first_error(exc: BaseException) -> ParleyError:
