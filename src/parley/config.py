@@ -126,8 +126,10 @@ class PipelineSettings(_Section):
     output_sample_rate: int = 24000
     # Realtime replies: later clauses are synthesised only while the audio already sent is
     # less than this far ahead of real-time playback, so that a long reply's tail does not take
-    # the CPU from other callers' first words (0: synthesise as fast as the engine goes).
-    tts_lead_ms: float = Field(2000.0, ge=0)
+    # the CPU from other callers' first words (0, the default: as fast as the engine goes, and
+    # response.done comes as soon as the reply is synthesised, as OpenAI's does). Measured at
+    # 4 sessions on 2 cores (docs/benchmarks.md): 2000 ms left the turn gap where it was.
+    tts_lead_ms: float = Field(0.0, ge=0)
 
 
 class ServerSettings(_Section):

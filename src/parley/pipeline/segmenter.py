@@ -22,7 +22,8 @@ and Whisper hears the cut replies as well as the uncut ones.
 
 ``first_min_chars`` = 6 lets a short opener ("Sorry,", "Sure,") be the first clause: in
 ``parley bench realtime --sessions 4 --turns 6`` on the neural defaults (2 cores) TTS first
-audio fell from 267 / 512 ms (p50 / p95) with 12 to 111 / 255 ms, with no underruns.
+audio fell from 267 / 512 ms (p50 / p95) with 12 to 111 / 255 ms, with no underruns (both
+runs with ``pipeline.tts_lead_ms`` 2000).
 """
 
 from __future__ import annotations
