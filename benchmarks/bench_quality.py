@@ -46,7 +46,7 @@ import soundfile as sf
 
 from parley.audio.frames import Frame
 from parley.bench.clips import default_clips, load_clips
-from parley.bench.engines import _machine
+from parley.bench.engines import _machine, word_edits
 from parley.bench.stats import summarize
 from parley.engines.base import ASR, TTS, SpeechOptions
 from parley.pipeline.segmenter import ClauseSegmenter
@@ -183,13 +183,8 @@ def normalise(text: str) -> list[str]:
 
 def errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """Word edits (substitutions, insertions, deletions) and reference words."""
-    ref, hyp = normalise(reference), normalise(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
+    ref = normalise(reference)
+    return word_edits(ref, normalise(hypothesis)), len(ref)
 
 
 def wer(pairs: Sequence[tuple[str, str]]) -> float:

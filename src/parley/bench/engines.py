@@ -61,14 +61,20 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower().replace("mister", "mr"))
 
 
-def _wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
+def word_edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Substitutions, insertions and deletions that turn ``ref`` into ``hyp`` (Levenshtein
+    over words, one row of the table at a time)."""
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         prev, row[0] = row[0], i
         for j, h in enumerate(hyp, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
+    return row[-1]
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    ref = _words(reference)
+    return word_edits(ref, _words(hypothesis)) / max(1, len(ref))
 
 
 def _clips(folder: Path) -> list[tuple[str, Frame, str]]:
