@@ -72,13 +72,16 @@ class FakeEnergyVAD:
 
 @dataclass
 class FakeScriptedASR:
-    """Says ``text`` for every utterance; records how many samples each utterance had."""
+    """Says ``text`` for every utterance; records how many samples each utterance had, the
+    length of every frame it was handed (0: a pause mark) and the ``partials`` asked for."""
 
     text: str = "hello parley"
     name: str = "fake-asr"
     sample_rate: int = 16000
     fail: bool = False
     utterances: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    partials: list[bool] = field(default_factory=list)
 
     async def stream(
         self,
@@ -87,8 +90,10 @@ class FakeScriptedASR:
         language: str | None = None,
         partials: bool = True,
     ) -> AsyncGenerator[Transcript, None]:
+        self.partials.append(partials)
         samples = 0
         async for frame in audio:
+            self.frames.append(len(frame))
             if not len(frame):
                 continue  # a pause mark
             samples += len(frame)

@@ -4,41 +4,13 @@ frame, once per silent stretch) and whether anyone reads partial transcripts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable
-from dataclasses import dataclass, field
 
 from parley.audio.frames import Frame
-from parley.engines.base import Transcript
 from parley.pipeline import Pipeline
-from tests.fakes.engines import fake_engines, fake_settings, silence, tone
+from tests.fakes.engines import FakeScriptedASR, fake_engines, fake_settings, silence, tone
 
 
-@dataclass
-class RecordingASR:
-    """Records the length of every frame it is handed, and the ``partials`` it was asked for."""
-
-    name: str = "recording-asr"
-    sample_rate: int = 16000
-    frames: list[int] = field(default_factory=list)
-    partials: list[bool] = field(default_factory=list)
-
-    async def stream(
-        self,
-        audio: AsyncIterable[Frame],
-        *,
-        language: str | None = None,
-        partials: bool = True,
-    ) -> AsyncGenerator[Transcript, None]:
-        self.partials.append(partials)
-        async for frame in audio:
-            self.frames.append(len(frame))
-        yield Transcript("words", is_final=True)
-
-    async def transcribe(self, audio: Frame, *, language: str | None = None) -> Transcript:
-        return Transcript("words", is_final=True)
-
-
-async def _run(asr: RecordingASR, frames: list[Frame], *, partials: bool = True) -> Pipeline:
+async def _run(asr: FakeScriptedASR, frames: list[Frame], *, partials: bool = True) -> Pipeline:
     base, *_ = fake_engines()
     engines = type(base)(vad=base.vad, asr=asr, llm=base.llm, tts=base.tts)
     p = Pipeline(engines, fake_settings(silence_duration_ms=500), auto_respond=False)
@@ -53,7 +25,7 @@ async def _run(asr: RecordingASR, frames: list[Frame], *, partials: bool = True)
 
 
 async def test_a_pause_mark_once_per_silent_stretch_in_its_place() -> None:
-    asr = RecordingASR()
+    asr = FakeScriptedASR()
     # Speech, a 350 ms pause (past the 200 ms the recogniser hears, short of the 500 ms
     # window), speech again, then the silence that ends the turn.
     await _run(asr, [tone(800), silence(350), tone(600), silence(1000)])
@@ -68,7 +40,7 @@ async def test_a_pause_mark_once_per_silent_stretch_in_its_place() -> None:
 
 
 async def test_the_listener_passes_whether_partials_are_wanted() -> None:
-    asr = RecordingASR()
+    asr = FakeScriptedASR()
     await _run(asr, [tone(600), silence(1000)], partials=False)
     assert asr.partials == [False]
     assert asr.frames.count(0) == 1
