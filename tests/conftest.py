@@ -37,3 +37,16 @@ def words(text: str) -> set[str]:
 
 def shared_words(hypothesis: str, reference: str) -> set[str]:
     return words(hypothesis) & words(reference)
+
+
+@pytest.fixture
+def database(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh, migrated parley database: SQLite in a temporary file. (The PostgreSQL variant
+    joins this fixture with the storage port of issue 13.)"""
+    from parley.store import Database
+
+    db = Database(tmp_path / "parley.db")
+    try:
+        yield db
+    finally:
+        db.close()

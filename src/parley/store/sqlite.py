@@ -29,12 +29,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 from parley.errors import ConfigError
+from parley.store.migrations import MIGRATIONS, Migration
 
 __all__ = ["MIGRATIONS", "Database", "Migration"]
 
@@ -43,84 +43,6 @@ BUSY_TIMEOUT_MS: Final = 5000
 _MEMORY = ":memory:"
 
 Params = Sequence[object] | Mapping[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema change. ``sql`` may hold several statements separated by ``;``."""
-
-    version: int
-    name: str
-    sql: str
-
-
-MIGRATIONS: Final[tuple[Migration, ...]] = (
-    Migration(
-        1,
-        "prompt_templates",
-        """
-        CREATE TABLE prompt_templates (
-            seq          INTEGER PRIMARY KEY,  -- insertion order: "latest" for non-numeric versions
-            id           TEXT NOT NULL,
-            version      TEXT NOT NULL,
-            description  TEXT NOT NULL,
-            instructions TEXT NOT NULL,
-            variables    TEXT NOT NULL,        -- JSON list of {"name", "default"}
-            created_at   REAL NOT NULL,        -- unix seconds
-            UNIQUE (id, version)
-        );
-        """,
-    ),
-    Migration(
-        2,
-        "tenants_keys_client_secrets",
-        """
-        CREATE TABLE tenants (
-            id          TEXT PRIMARY KEY,
-            name        TEXT NOT NULL UNIQUE,
-            created_at  REAL NOT NULL
-        );
-        CREATE TABLE api_keys (
-            id              TEXT PRIMARY KEY,      -- key_... (shown, never secret)
-            tenant_id       TEXT NOT NULL REFERENCES tenants (id),
-            hash            TEXT NOT NULL UNIQUE,  -- sha256 of the key; the key is never stored
-            prefix          TEXT NOT NULL,         -- first characters, to recognise a key
-            name            TEXT NOT NULL,
-            created_at      REAL NOT NULL,
-            revoked_at      REAL,
-            rpm             INTEGER,               -- requests per minute; NULL: no limit
-            max_sessions    INTEGER,               -- concurrent Realtime sessions
-            max_session_s   INTEGER                -- longest Realtime session
-        );
-        CREATE TABLE client_secrets (
-            hash        TEXT PRIMARY KEY,          -- sha256 of the ek_ secret
-            key_id      TEXT NOT NULL REFERENCES api_keys (id),
-            session     TEXT NOT NULL,             -- JSON session configuration
-            created_at  REAL NOT NULL,
-            expires_at  REAL NOT NULL,
-            used_at     REAL
-        );
-        -- Prompt templates belong to a tenant ('' for the default tenant of --no-auth).
-        CREATE TABLE prompt_templates_v2 (
-            seq          INTEGER PRIMARY KEY,
-            tenant       TEXT NOT NULL DEFAULT '',
-            id           TEXT NOT NULL,
-            version      TEXT NOT NULL,
-            description  TEXT NOT NULL,
-            instructions TEXT NOT NULL,
-            variables    TEXT NOT NULL,
-            created_at   REAL NOT NULL,
-            UNIQUE (tenant, id, version)
-        );
-        INSERT INTO prompt_templates_v2
-            (seq, id, version, description, instructions, variables, created_at)
-            SELECT seq, id, version, description, instructions, variables, created_at
-            FROM prompt_templates;
-        DROP TABLE prompt_templates;
-        ALTER TABLE prompt_templates_v2 RENAME TO prompt_templates;
-        """,
-    ),
-)
 
 
 class Database:
