@@ -24,6 +24,7 @@ __all__ = [
     "ASRSettings",
     "LLMSettings",
     "PipelineSettings",
+    "PolicySettings",
     "ServerSettings",
     "Settings",
     "TTSSettings",
@@ -46,7 +47,9 @@ _STRING_FIELDS = frozenset(
         "instructions",
         "host",
         "metrics_token",
+        "admin_token",
         "database",
+        "file",
     }
 )
 
@@ -132,6 +135,12 @@ class PipelineSettings(_Section):
     tts_lead_ms: float = Field(0.0, ge=0)
 
 
+class PolicySettings(_Section):
+    # The routing policy (YAML, docs/policy.md): engine instances, prices, routes by data
+    # category and tenant, failover. Unset: every call goes to the configured engines.
+    file: Path | None = None
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -139,6 +148,9 @@ class ServerSettings(_Section):
     database: Path = Path("parley.db")
     # Bearer token for /metrics (all tenants' figures); unset: loopback clients only.
     metrics_token: str | None = None
+    # Bearer token of the operator: reports across all tenants (GET /v1/organization/costs
+    # without a tenant scope). Unset: no caller sees another tenant's figures.
+    admin_token: str | None = None
     # Realtime: events queued for a client that does not read them, beyond which its session is
     # closed (8 MiB is about two minutes of 24 kHz audio).
     send_buffer_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
@@ -171,6 +183,7 @@ class Settings(_Section):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     tts: TTSSettings = Field(default_factory=TTSSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     log_level: str = "INFO"
 
     @model_validator(mode="before")
