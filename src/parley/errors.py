@@ -16,6 +16,7 @@ concerns and the client's ``event_id``. Errors are split by who is at fault::
     │   ├── NotFoundError            invalid_request  404     not_found
     │   ├── AuthenticationError      invalid_request  401     invalid_api_key
     │   ├── RateLimitError           requests         429     rate_limit_exceeded
+    │   ├── InsufficientQuotaError   insufficient_quota 429   insufficient_quota
     │   └── SessionClosedError       invalid_request  400     (given: session_expired, ...)
     ├── EngineError                  server_error     500     engine_error
     │   ├── EngineUnavailableError   server_error     503     engine_unavailable
@@ -48,6 +49,7 @@ __all__ = [
     "EngineError",
     "EngineUnavailableError",
     "InputTooLargeError",
+    "InsufficientQuotaError",
     "NotFoundError",
     "OverloadedError",
     "ParleyError",
@@ -104,6 +106,7 @@ class Code(StrEnum):
     INVALID_API_KEY = "invalid_api_key"
     MISSING_API_KEY = "missing_api_key"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    INSUFFICIENT_QUOTA = "insufficient_quota"  # past a hard budget (OpenAI's own code)
     # The session ends.
     SESSION_EXPIRED = "session_expired"
     SESSION_REVOKED = "session_revoked"
@@ -214,6 +217,14 @@ class RateLimitError(ClientError):
     type = "requests"
     status = 429
     code = Code.RATE_LIMIT_EXCEEDED
+
+
+class InsufficientQuotaError(ClientError):
+    """Past a hard budget of the tenant or the key: no engine is called (OpenAI's shape)."""
+
+    type = "insufficient_quota"
+    status = 429
+    code = Code.INSUFFICIENT_QUOTA
 
 
 class EngineError(ParleyError):
