@@ -1,0 +1,1 @@
+"""Routing: pick an engine chain for a request under policy, fail over, circuit breakers."""
