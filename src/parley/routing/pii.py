@@ -23,7 +23,7 @@ from stdnum import luhn as _luhn
 from stdnum import numdb
 from stdnum.us import ssn as _ssn
 
-__all__ = ["PII_KINDS", "PHONE_REGIONS", "Finding", "PIIKind", "find_pii"]
+__all__ = ["PHONE_REGIONS", "PII_KINDS", "Finding", "PIIKind", "find_pii"]
 
 PIIKind = Literal["payment_card", "iban", "us_ssn", "email", "phone"]
 PII_KINDS: tuple[str, ...] = get_args(PIIKind)
@@ -71,9 +71,7 @@ _DIGITISH = re.compile(
 # the parentheses of an area code.
 _GAP = re.compile(r"[\s\-\u2010-\u2015.,/()]*")
 # A cheap first look: text without any of these holds none of the kinds.
-_MAYBE = re.compile(
-    r"\d|@|\bdot\b|\b(?:" + "|".join(_WORD_DIGITS) + r")\b", re.IGNORECASE
-)
+_MAYBE = re.compile(r"\d|@|\bdot\b|\b(?:" + "|".join(_WORD_DIGITS) + r")\b", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -325,9 +323,7 @@ def _overlaps(span: tuple[int, int], taken: Sequence[tuple[int, int]]) -> bool:
     return any(span[0] < end and start < span[1] for start, end in taken)
 
 
-def _unclaimed(
-    groups: list[_Group], taken: Sequence[tuple[int, int]]
-) -> Iterator[list[_Group]]:
+def _unclaimed(groups: list[_Group], taken: Sequence[tuple[int, int]]) -> Iterator[list[_Group]]:
     piece: list[_Group] = []
     for g in groups:
         if _overlaps((g.start, g.end), taken):
@@ -373,7 +369,7 @@ def _numbers(
         if not 7 <= len(digits) <= 15 or _ssn_shaped(piece):
             continue
         first = plus is not None and piece[0] is groups[0]
-        masked = _phone(digits, first, regions)
-        if masked is not None:
+        phone = _phone(digits, first, regions)
+        if phone is not None:
             start = plus if first and plus is not None else piece[0].start
-            yield Finding("phone", start, piece[-1].end, masked)
+            yield Finding("phone", start, piece[-1].end, phone)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # (no stubs in the dev dependencies)
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from parley.engines import registry
 from parley.errors import ConfigError
 from parley.routing.pii import PII_KINDS
 
@@ -180,6 +179,8 @@ def policy_problems(policy: Policy) -> list[Problem]:
 
 
 def _engine_problems(policy: Policy) -> Iterator[Problem]:
+    from parley.engines import registry  # only a check needs the engine names
+
     for name, spec in policy.engines.items():
         if name in (*STAGES, "default"):
             yield (
@@ -199,6 +200,8 @@ def _engine_problems(policy: Policy) -> Iterator[Problem]:
 
 
 def _price_problems(policy: Policy) -> Iterator[Problem]:
+    from parley.engines import registry
+
     registered = {n for stage in STAGES for n in registry.names(stage)}
     for key, units in policy.prices.items():
         if key not in policy.engines and key not in STAGES and key not in registered:
@@ -283,11 +286,11 @@ def _chain_problems(policy: Policy, where: Loc, label: str, targets: Targets) ->
 # --- reading the file ---------------------------------------------------------------------------
 
 
-def _line(root: yaml.Node, loc: Loc, at_key: bool) -> int:
+def _line(root: Any, loc: Loc, at_key: bool) -> int:
     """The 1-based line of the node at ``loc`` (of its key when ``at_key``), or of the deepest
     node on the way there that exists."""
     node = root
-    line = node.start_mark.line
+    line: int = node.start_mark.line
     for step in loc:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
@@ -304,9 +307,7 @@ def _line(root: yaml.Node, loc: Loc, at_key: bool) -> int:
             line = node.start_mark.line
         else:
             return line + 1
-    if at_key:
-        return line + 1
-    return node.start_mark.line + 1
+    return line + 1
 
 
 def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, str]]:
@@ -334,7 +335,9 @@ def _pydantic_message(error: Any) -> tuple[Loc, str, bool]:
         case "extra_forbidden":
             known = ", ".join(_fields_at(loc[:-1]))
             parent = ".".join(map(str, loc[:-1])) or "the policy"
-            message = f"unknown key {loc[-1]!r} in {parent}" + (f"; known: {known}" if known else "")
+            message = f"unknown key {loc[-1]!r} in {parent}"
+            if known:
+                message += f"; known: {known}"
             return loc, message, True
         case "missing":
             return loc[:-1], f"{where}: missing", False
@@ -383,10 +386,14 @@ def _source(path: Path) -> tuple[yaml.Node | None, Any, list[str]]:
     if root is None:
         return None, None, [f"{path}:1: the policy is empty"]
     if not isinstance(data, dict):
-        return None, None, [
-            f"{path}:{root.start_mark.line + 1}: the policy must be a mapping "
-            f"({', '.join(Policy.model_fields)})"
-        ]
+        return (
+            None,
+            None,
+            [
+                f"{path}:{root.start_mark.line + 1}: the policy must be a mapping "
+                f"({', '.join(Policy.model_fields)})"
+            ],
+        )
     return root, data, []
 
 
