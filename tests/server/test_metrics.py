@@ -272,3 +272,29 @@ def test_metrics_registries_are_per_app() -> None:
     a.session_opened()
     assert get(a, "parley_sessions_total") == 1
     assert get(b, "parley_sessions_total") == 0
+
+
+def test_metrics_cost_and_budget_remaining() -> None:
+    metrics = Metrics()
+    metrics.cost("acme", "llm", "cloud-llm", 0.25)
+    metrics.cost("acme", "llm", "cloud-llm", 0.5)
+    metrics.cost("acme", "asr", "pocketsphinx", 0.0)  # free: the series is there, at 0
+    metrics.budget_remaining("acme", "", 9.25)
+    metrics.budget_remaining("acme", "key_1", 1.5)
+    metrics.budget_remaining("acme", "key_1", 1.0)
+    assert (
+        get(metrics, "parley_cost_usd_total", tenant="acme", stage="llm", engine="cloud-llm")
+        == 0.75
+    )
+    labels = {"tenant": "acme", "stage": "asr", "engine": "pocketsphinx"}
+    assert ("parley_cost_usd_total", frozenset(labels.items())) in scrape_registry(metrics)
+    assert get(metrics, "parley_budget_remaining_usd", tenant="acme", key="") == 9.25
+    assert get(metrics, "parley_budget_remaining_usd", tenant="acme", key="key_1") == 1.0
+
+
+def scrape_registry(metrics: Metrics) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+    }

@@ -21,6 +21,10 @@ Exposed (counters get ``_total`` appended by the exposition format):
 ``parley_barge_ins_total``             counter    replies the listener spoke over (once each)
 ``parley_responses_total{status}``     counter    responses ended, by status
 ``parley_batch_size{engine}``          histogram  requests per batch of a batched engine
+``parley_cost_usd_total{tenant,``      counter    what engine calls cost, in USD, by tenant,
+``stage,engine}``                                 stage and engine instance (the ledger's)
+``parley_budget_remaining_usd{``       gauge      what a budget has left this period (tenant,
+``tenant,key}``                                   key; key "" is the whole tenant's budget)
 =====================================  =========  ============================================
 
 ``parley_batch_size`` is reported by the batching scheduler of the neural engines (whisper,
@@ -123,6 +127,18 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.cost_usd = Counter(
+            "parley_cost_usd",
+            "What engine calls cost, in USD (the ledger's price table).",
+            ["tenant", "stage", "engine"],
+            registry=r,
+        )
+        self.budget_remaining_usd = Gauge(
+            "parley_budget_remaining_usd",
+            "What a budget has left this period, in USD (key '': the tenant's own budget).",
+            ["tenant", "key"],
+            registry=r,
+        )
         self._barged: OrderedDict[str, None] = OrderedDict()
 
     # --- what the server reports ---------------------------------------------------------------
@@ -145,6 +161,13 @@ class Metrics:
 
     def batch(self, engine: str, size: int) -> None:
         self.batch_size.labels(engine).observe(size)
+
+    def cost(self, tenant: str, stage: str, engine: str, usd: float) -> None:
+        """Count what one engine call cost (a free call still makes its series appear)."""
+        self.cost_usd.labels(tenant, stage, engine).inc(max(0.0, usd))
+
+    def budget_remaining(self, tenant: str, key_id: str, usd: float) -> None:
+        self.budget_remaining_usd.labels(tenant, key_id).set(usd)
 
     def observe(self, event: PipelineEvent) -> None:
         """Account for one pipeline event; events that carry nothing measured are ignored."""
