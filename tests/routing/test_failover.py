@@ -630,3 +630,21 @@ def test_failover_chain_health_follows_the_breaker() -> None:
     assert (chain.health().status, chain.health().detail) == ("degraded", "a: open")
     breaker.failure("b")
     assert chain.health().status == "down"
+
+
+async def test_failover_asr_failing_audio_is_not_the_engines_fault() -> None:
+    async def broken_audio() -> AsyncGenerator[Frame, None]:
+        yield frames_of(160)[0]
+        raise RuntimeError("the caller's audio broke")
+
+    breaker = Breaker(failures=1)
+    backup = FlakyASR()
+    reports = Reports()
+    chain = ASRChain([("a", FlakyASR()), ("b", backup)], breaker, timeout_s=TIMEOUT_S)
+
+    with pytest.raises(RuntimeError, match="audio broke"):
+        await collect(chain.stream(broken_audio(), report=reports))
+
+    assert backup.frames == []
+    assert reports.outcomes == [("a", "error")]
+    assert breaker.state("a") == "closed"

@@ -44,8 +44,10 @@ replaced: the next engine hears the kept frames, then the rest of the live audio
 the failed engine may already have reached the caller; the next engine's partials start over.
 Past :data:`MAX_REPLAY_S` the frames are no longer kept and a failure is reported ``error``.
 The ASR timeout does not run while the caller speaks: it bounds the wait for the final
-transcript after the audio has ended (``transcribe``: the whole call). Frames reach an engine
-resampled to its ``sample_rate`` when that differs from theirs.
+transcript after the audio has ended (``transcribe``: the whole call), so an engine that stops
+reading its audio mid-utterance is not caught here. A failure of the caller's audio itself is
+no engine's fault: it is reported ``error`` and raised, the breaker untouched. Frames reach an
+engine resampled to its ``sample_rate`` when that differs from theirs.
 
 TTS fails over per ``synthesize`` call (one clause), before that clause's first frame.
 
@@ -260,6 +262,7 @@ async def _run(
     open_stream: Callable[[E], AsyncGenerator[T, None]],
     timer: Timer,
     can_fail_over: Callable[[], bool] = lambda: True,
+    engines_fault: Callable[[Exception], bool] = lambda _: True,
 ) -> AsyncGenerator[T, None]:
     loop = asyncio.get_running_loop()
     reasons: list[str] = []
@@ -300,7 +303,7 @@ async def _run(
             breaker.success(name)
             _emit(report, Attempt(rules.stage, name, "ok", latency_ms, first_ms))
             return
-        if isinstance(failure, ClientError):
+        if isinstance(failure, ClientError) or not engines_fault(failure):
             _emit(report, Attempt(rules.stage, name, "error", latency_ms, first_ms, reason))
             raise failure
         breaker.failure(name)
@@ -480,6 +483,7 @@ class _Tape:
         self._read: asyncio.Task[Frame | None] | None = None
         self._player = 0
         self.complete = True  # every frame read so far is kept
+        self.source_error: Exception | None = None  # the caller's audio failed: no engine's fault
         self.ended_at: float | None = None  # loop time the audio ended
         self._waiting: asyncio.Timeout | None = None
         self._timeout_s: float | None = None
@@ -523,7 +527,12 @@ class _Tape:
             return None
         if self._read is None:
             self._read = asyncio.create_task(_pull(self._source))
-        frame = await asyncio.shield(self._read)
+        try:
+            frame = await asyncio.shield(self._read)
+        except Exception as exc:
+            if self._read.done():
+                self.source_error = exc
+            raise
         if player != self._player:
             return None  # the read is the latest player's
         self._read = None
@@ -626,6 +635,7 @@ class ASRChain:
                     open_stream,
                     tape.timer(self._timeout_s),
                     lambda: tape.complete,
+                    lambda _: tape.source_error is None,
                 )
             ) as transcripts:
                 async for transcript in transcripts:
