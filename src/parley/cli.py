@@ -31,6 +31,7 @@ from parley.commands import (
     run_transcribe,
     run_voices,
 )
+from parley.commands.policy import add_policy_parser
 from parley.config import PROFILES
 from parley.errors import ClientError, ParleyError
 
@@ -140,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    serve.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="routing policy (YAML, docs/policy.md): engines, prices, routes, failover",
+    )
     serve.set_defaults(run=run_serve)
 
     prompts = _command(sub, "prompts", "manage reusable prompt templates", parents=[common])
@@ -194,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     voices = _command(sub, "voices", "list the TTS voices", parents=[common])
     voices.set_defaults(run=run_voices)
     add_bench_parser(sub)
+    add_policy_parser(sub, common)
     return parser
 
 

@@ -26,4 +26,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides[key.strip()] = value
     if getattr(args, "profile", None):
         overrides["profile"] = args.profile
+    if getattr(args, "policy", None) is not None:  # parley serve --policy FILE
+        overrides["policy.file"] = args.policy
     return load_settings(args.config, overrides=overrides)
