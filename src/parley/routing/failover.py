@@ -64,7 +64,6 @@ import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Callable,
     Iterator,
     Sequence,
@@ -72,10 +71,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-import numpy as np
-
 from parley.audio.frames import Frame
-from parley.audio.resample import StreamResampler
 from parley.engines.base import (
     ASR,
     LLM,
@@ -89,6 +85,7 @@ from parley.engines.base import (
     engine_health,
 )
 from parley.errors import ClientError, EngineUnavailableError
+from parley.routing.replay import AudioTape, Timer
 
 __all__ = [
     "MAX_REPLAY_S",
@@ -233,10 +230,6 @@ def _plan(engines: Sequence[tuple[str, E]], breaker: Breaker) -> Iterator[tuple[
         else:
             skipped.append((name, engine))
     yield from skipped
-
-
-Timer = Callable[[float], contextlib.AbstractAsyncContextManager[asyncio.Timeout]]
-"""Given an attempt's start (loop time), the deadline for one wait before commitment."""
 
 
 def _first_timer(timeout_s: float | None) -> Timer:
@@ -459,121 +452,6 @@ class TTSChain:
 # --- ASR -------------------------------------------------------------------------------------
 
 
-async def _pull(frames: AsyncIterator[Frame]) -> Frame | None:
-    try:
-        return await anext(frames)
-    except StopAsyncIteration:
-        return None
-
-
-class _Tape:
-    """The caller's audio, read once and kept, so that a second engine can hear it again.
-
-    Each read runs as its own task awaited through ``asyncio.shield``: an engine that reads
-    its audio from a task of its own and cancels it when it fails must not cancel the read
-    (which would end the caller's audio generator); the next engine takes the read over. Only
-    the latest player reads: one left behind by a failed engine ends.
-    """
-
-    def __init__(self, audio: AsyncIterable[Frame], max_kept_s: float) -> None:
-        self._source = aiter(audio)
-        self._kept: list[Frame] = []
-        self._kept_s = 0.0
-        self._max_kept_s = max_kept_s
-        self._read: asyncio.Task[Frame | None] | None = None
-        self._player = 0
-        self.complete = True  # every frame read so far is kept
-        self.source_error: Exception | None = None  # the caller's audio failed: no engine's fault
-        self.ended_at: float | None = None  # loop time the audio ended
-        self._waiting: asyncio.Timeout | None = None
-        self._timeout_s: float | None = None
-
-    async def play(self, rate: int) -> AsyncGenerator[Frame, None]:
-        """The kept frames, then the live audio, at ``rate``."""
-        self._player += 1
-        player = self._player
-        resampler: StreamResampler | None = None
-        kept = tuple(self._kept)
-        i = 0
-        while True:
-            if i < len(kept):
-                frame: Frame | None = kept[i]
-                i += 1
-            else:
-                frame = await self._next(player)
-            if frame is None or not len(frame):
-                # The end or a pause mark: what the resampler holds comes first.
-                if resampler is not None and len(tail := resampler.flush()):
-                    yield Frame(tail, rate)
-                resampler = None
-                if frame is None:
-                    return
-                yield Frame(frame.samples, rate)
-                continue
-            if frame.sample_rate == rate and resampler is None:
-                yield frame
-                continue
-            if resampler is None or resampler.in_rate != frame.sample_rate:
-                tail = resampler.flush() if resampler is not None else np.zeros(0, np.int16)
-                resampler = StreamResampler(frame.sample_rate, rate)
-                samples = np.concatenate([tail, resampler.process(frame.samples)])
-            else:
-                samples = resampler.process(frame.samples)
-            if len(samples):
-                yield Frame(samples, rate)
-
-    async def _next(self, player: int) -> Frame | None:
-        if self.ended_at is not None or player != self._player:
-            return None
-        if self._read is None:
-            self._read = asyncio.create_task(_pull(self._source))
-        try:
-            frame = await asyncio.shield(self._read)
-        except Exception as exc:
-            if self._read.done():
-                self.source_error = exc
-            raise
-        if player != self._player:
-            return None  # the read is the latest player's
-        self._read = None
-        if frame is None:
-            self.ended_at = asyncio.get_running_loop().time()
-            if self._waiting is not None and self._timeout_s is not None:
-                self._waiting.reschedule(self.ended_at + self._timeout_s)
-            return None
-        if self.complete:
-            self._kept_s += frame.duration_s
-            if self._kept_s <= self._max_kept_s:
-                self._kept.append(frame)
-            else:
-                self.complete, self._kept = False, []
-        return frame
-
-    def timer(self, timeout_s: float | None) -> Timer:
-        """Waits unbounded while the audio flows, at most ``timeout_s`` once it has ended."""
-
-        @contextlib.asynccontextmanager
-        async def wait(started: float) -> AsyncIterator[asyncio.Timeout]:
-            if timeout_s is None:
-                async with asyncio.timeout(None) as timeout:
-                    yield timeout
-                return
-            when = None if self.ended_at is None else max(started, self.ended_at) + timeout_s
-            async with asyncio.timeout_at(when) as timeout:
-                self._waiting, self._timeout_s = timeout, timeout_s
-                try:
-                    yield timeout
-                finally:
-                    self._waiting = None
-
-        return wait
-
-    def close(self) -> None:
-        if self._read is not None:
-            self._read.cancel()
-            self._read = None
-
-
 def _is_final(item: object) -> bool:
     return isinstance(item, Transcript) and item.is_final
 
@@ -620,7 +498,7 @@ class ASRChain:
         partials: bool = True,
         report: Report | None = None,
     ) -> AsyncGenerator[Transcript, None]:
-        tape = _Tape(audio, self._max_replay_s)
+        tape = AudioTape(audio, self._max_replay_s)
 
         def open_stream(engine: ASR) -> AsyncGenerator[Transcript, None]:
             return _heard(engine, tape, language=language, partials=partials)
@@ -667,7 +545,7 @@ class ASRChain:
 
 
 async def _heard(
-    engine: ASR, tape: _Tape, *, language: str | None, partials: bool
+    engine: ASR, tape: AudioTape, *, language: str | None, partials: bool
 ) -> AsyncGenerator[Transcript, None]:
     """``engine``'s transcripts of the tape.
 
