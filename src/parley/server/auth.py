@@ -7,6 +7,8 @@ configuration it was minted for) and puts that in ``scope["state"]["principal"]`
 downstream is scoped to that tenant. Refusals use OpenAI's error shape: 401 for a missing, wrong,
 revoked or expired key, 429 past a limit. ``/healthz`` needs no key; ``/metrics`` (all tenants
 together) takes the operator's ``server.metrics_token``, or with none set only loopback clients.
+The organization reports (``/v1/organization/...``) also take the operator's
+``server.admin_token``, whose caller is an admin :class:`Principal` that sees every tenant.
 With auth off (``parley serve --no-auth``) every caller is the default tenant.
 
 **The event loop never waits here.** Key lookups go through the database, which may wait for
@@ -50,6 +52,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."
 METRICS_PATH = "/metrics"
+# Reports across tenants: a tenant's key sees its own tenant, the operator's admin token all.
+ADMIN_PATHS = "/v1/organization/"
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
 # WebSocket connections set up at once, and how long one more may wait for a slot. A session's
 # setup is CPU work on the event loop, done one after another whatever the limit: a small limit
@@ -66,6 +70,8 @@ class Principal:
     key: ApiKey | None = None
     # The session configuration an ephemeral secret was minted for.
     session: dict[str, Any] | None = None
+    # The operator (server.admin_token): reports across every tenant.
+    admin: bool = False
 
     @property
     def limits_key(self) -> str:
@@ -191,6 +197,7 @@ class AuthMiddleware:
         *,
         public: tuple[str, ...] = ("/healthz",),
         metrics_token: str | None = None,
+        admin_token: str | None = None,
         gate: HandshakeGate | None = None,
     ) -> None:
         self.app = app
@@ -198,6 +205,7 @@ class AuthMiddleware:
         self.limiter = limiter
         self.public = public
         self.metrics_token = metrics_token
+        self.admin_token = admin_token
         self.gate = gate if gate is not None else HandshakeGate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -243,6 +251,10 @@ class AuthMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         state = scope.setdefault("state", {})
+        if kind == "http" and scope["path"].startswith(ADMIN_PATHS) and self._is_admin(scope):
+            state["principal"] = Principal("", admin=True)
+            await self.app(scope, receive, send)
+            return
         if self.keys is None:
             state["principal"] = Principal("")
             await self.app(scope, receive, send)
@@ -318,6 +330,14 @@ class AuthMiddleware:
                 ],
             )
         await self.app(scope, receive, send)
+
+    def _is_admin(self, scope: Scope) -> bool:
+        token = _token(scope)
+        return (
+            bool(self.admin_token)
+            and token is not None
+            and hmac.compare_digest(token.encode(), str(self.admin_token).encode())
+        )
 
     def _metrics_allowed(self, scope: Scope) -> bool:
         if self.metrics_token:
