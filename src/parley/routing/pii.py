@@ -12,6 +12,7 @@ is pure CPU work on one string; it must not log, and it never sees a session.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ _DIGITISH = re.compile(
 # What may stand between the groups of one number: spaces, dashes, dots, commas, slashes,
 # the parentheses of an area code.
 _GAP = re.compile(r"[\s\-\u2010-\u2015.,/()]*")
+_LIST_GAP = re.compile(r"[,;]|\.\s")
 # A cheap first look: text without any of these holds none of the kinds.
 _MAYBE = re.compile(r"\d|@|\bdot\b|\b(?:" + "|".join(_WORD_DIGITS) + r")\b", re.IGNORECASE)
 
@@ -100,6 +102,10 @@ def _runs(text: str) -> Iterator[_Run]:
     for m in _DIGITISH.finditer(text):
         token = m.group().lower()
         joined = last_end >= 0 and _GAP.fullmatch(text, last_end, m.start()) is not None
+        if joined and run is not None and token[0].isdigit() and not run.groups[-1].spoken:
+            # "2671, 123": a list of written numbers, not one number (spoken digits often
+            # come with commas between them: "four one one one, one one ...").
+            joined = _LIST_GAP.search(text, last_end, m.start()) is None
         if not joined:
             if run is not None:
                 yield run
@@ -170,9 +176,20 @@ def _tail(value: str, keep: int = 4) -> str:
 # --- the kinds ----------------------------------------------------------------------------------
 
 
+def _card_shaped(groups: Sequence[_Group]) -> bool:
+    """Written the way card numbers are: one block, groups of four, or 4-6-5 (Amex, Diners);
+    spoken digits come in any grouping."""
+    if len(groups) == 1 or any(g.spoken for g in groups):
+        return True
+    sizes = [len(g.digits) for g in groups]
+    if sizes in ([4, 6, 5], [4, 6, 4]):
+        return True
+    return all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4
+
+
 def _card(groups: Sequence[_Group]) -> str | None:
     digits = _digits(groups)
-    if digits[0] in "23456" and _luhn.is_valid(digits):
+    if digits[0] in "23456" and _card_shaped(groups) and _luhn.is_valid(digits):
         return _tail(digits)
     return None
 
@@ -204,6 +221,10 @@ def _phone(digits: str, international: bool, regions: Sequence[str]) -> str | No
         [("+" + digits, None)] if international else [(digits, r) for r in regions]
     )
     for candidate, region in tries:
+        # Where the trunk prefix is 0 (GB, DE, most of the world) a national number is written
+        # with it: "020 7946 0958"; without it, it is some other number.
+        if region is not None and _trunk_zero(region) and not candidate.startswith("0"):
+            continue
         try:
             number = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
@@ -212,6 +233,12 @@ def _phone(digits: str, international: bool, regions: Sequence[str]) -> str | No
             national = str(number.national_number)
             return f"+{number.country_code}{_tail(national)}"
     return None
+
+
+@functools.cache
+def _trunk_zero(region: str) -> bool:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return getattr(metadata, "national_prefix", None) == "0"
 
 
 _IBAN = re.compile(r"\b[A-Za-z]{2} ?\d{2}(?:[ -]?[A-Za-z0-9]){11,32}")
