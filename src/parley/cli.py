@@ -32,6 +32,7 @@ from parley.commands import (
     run_voices,
 )
 from parley.commands.policy import add_policy_parser
+from parley.commands.usage import add_usage_parsers
 from parley.config import PROFILES
 from parley.errors import ClientError, ParleyError
 
@@ -201,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     voices = _command(sub, "voices", "list the TTS voices", parents=[common])
     voices.set_defaults(run=run_voices)
     add_bench_parser(sub)
+    add_usage_parsers(sub, common)
     add_policy_parser(sub, common)
     return parser
 
