@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from parley.routing.pii import PII_KINDS, Finding, find_pii
@@ -227,7 +229,7 @@ def test_pii_several_kinds_in_order_without_overlap() -> None:
     )
     found = find_pii(text)
     assert [f.kind for f in found] == ["email", "payment_card", "iban", "phone", "us_ssn"]
-    for a, b in zip(found, found[1:], strict=False):
+    for a, b in itertools.pairwise(found):
         assert a.end <= b.start
 
 
