@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from parley.bench.clips import Clip, load_clips
+
+if TYPE_CHECKING:
+    from parley.store import Database
 
 # The tests never reach the network: the Hugging Face clients (read at their import) must not
 # try, in this process or in the servers and commands it starts. tests/test_models.py turns
@@ -39,13 +46,52 @@ def shared_words(hypothesis: str, reference: str) -> set[str]:
     return words(hypothesis) & words(reference)
 
 
+# The PostgreSQL server the storage tests use (any database on it: each test creates its own);
+# .ci/postgres.sh starts one and prints the line that sets it.
+POSTGRES_URL_VARIABLE = "PARLEY_TEST_POSTGRES_URL"
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server at ``server_url``, dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"parley_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        url = make_url(server_url).set(database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a fresh parley database is, once per dialect: a SQLite file in a temporary
+    directory, or a new database on the PostgreSQL at $PARLEY_TEST_POSTGRES_URL. Without that
+    variable the PostgreSQL case is skipped, except in CI (``CI`` set), where it fails."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "parley.db")
+        return
+    server_url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not server_url:
+        reason = f"{POSTGRES_URL_VARIABLE} is not set: start a server with .ci/postgres.sh"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the storage tests on PostgreSQL too; {reason}")
+        pytest.skip(reason)
+    with fresh_postgres_database(server_url) as url:
+        yield url
+
+
 @pytest.fixture
-def database(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A fresh, migrated parley database: SQLite in a temporary file. (The PostgreSQL variant
-    joins this fixture with the storage port of issue 13.)"""
+def database(database_url: str) -> Iterator[Database]:
+    """A fresh, migrated parley database, on SQLite and on PostgreSQL (see ``database_url``)."""
     from parley.store import Database
 
-    db = Database(tmp_path / "parley.db")
+    db = Database(database_url)
     try:
         yield db
     finally:

@@ -144,8 +144,9 @@ class PolicySettings(_Section):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    # The embedded database (prompt templates; later keys and tenants). Relative to the cwd.
-    database: Path = Path("parley.db")
+    # The database (keys, prompt templates, ledger, budgets): a SQLite file, relative to the cwd,
+    # or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE. A string: a URL is not a Path.
+    database: str = "parley.db"
     # Bearer token for /metrics (all tenants' figures); unset: loopback clients only.
     metrics_token: str | None = None
     # Bearer token of the operator: reports across all tenants (GET /v1/organization/costs

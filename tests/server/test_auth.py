@@ -267,10 +267,10 @@ async def test_auth_rest_endpoints_through_parley_serve_with_a_key(
 # --- the key store's cache and revocation generation ---------------------------------------------
 
 
-def test_auth_key_cache_sees_a_revocation_by_another_process(tmp_path: Path) -> None:
+def test_auth_key_cache_sees_a_revocation_by_another_process(database_url: str) -> None:
     from parley.store.keys import KeyStore
 
-    server_db, cli_db = Database(tmp_path / "p.db"), Database(tmp_path / "p.db")
+    server_db, cli_db = Database(database_url), Database(database_url)
     server, other = KeyStore(server_db), KeyStore(cli_db)
     token, key = other.create_key("acme")
     before = server.generation()
@@ -284,24 +284,23 @@ def test_auth_key_cache_sees_a_revocation_by_another_process(tmp_path: Path) -> 
     cli_db.close()
 
 
-def test_auth_key_cache_sees_a_revocation_on_its_own_connection(tmp_path: Path) -> None:
+def test_auth_key_cache_sees_a_revocation_on_its_own_connection(database: Database) -> None:
     from parley.store.keys import KeyStore
 
-    db = Database(tmp_path / "p.db")
-    store, admin = KeyStore(db), KeyStore(db)  # one connection: data_version does not move
+    db = database
+    store, admin = KeyStore(db), KeyStore(db)  # one connection, two stores
     token, key = admin.create_key("acme")
     assert store.authenticate(token) == key and store.is_active(key.id)
     before = store.generation()
     admin.revoke("acme", key.id)
     assert store.generation() != before
     assert store.authenticate(token) is None and not store.is_active(key.id)
-    db.close()
 
 
-def test_auth_key_cache_is_bounded(tmp_path: Path) -> None:
+def test_auth_key_cache_is_bounded(database: Database) -> None:
     from parley.store.keys import KeyStore
 
-    db = Database(tmp_path / "p.db")
+    db = database
     store = KeyStore(db, cache_size=2)
     tokens = [store.create_key("acme")[0] for _ in range(4)]
     for token in tokens:
@@ -309,7 +308,6 @@ def test_auth_key_cache_is_bounded(tmp_path: Path) -> None:
     assert len(store._by_hash) == 2
     assert store.authenticate("sk-parley-" + "x" * 40) is None  # unknown tokens are not kept
     assert len(store._by_hash) == 2
-    db.close()
 
 
 async def test_auth_open_session_of_a_revoked_key_ends(auth_server: AuthServer) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,8 @@ PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
 @pytest.fixture
-def store() -> Iterator[PromptStore]:
-    with Database(":memory:") as db:
-        yield PromptStore(db)
+def store(database: Database) -> PromptStore:
+    return PromptStore(database)  # on SQLite and on PostgreSQL
 
 
 def template(version: str = "1", instructions: str = "Hello {{name}}.") -> PromptTemplate:
@@ -126,19 +125,24 @@ def test_prompts_unknown_id_or_version_is_invalid_prompt(store: PromptStore) -> 
         assert (info.value.code, info.value.param) == ("invalid_prompt", param)
 
 
-def test_prompts_concurrent_puts_of_one_version_store_it_once(tmp_path: Path) -> None:
-    with Database(tmp_path / "parley.db") as db:
-        store = PromptStore(db)
+@pytest.mark.parametrize("connections", [1, 2])
+def test_prompts_concurrent_puts_of_one_version_store_it_once(
+    database_url: str, connections: int
+) -> None:
+    databases = [Database(database_url) for _ in range(connections)]
+    try:
+        stores = [PromptStore(db) for db in databases]
+        store = stores[0]
         results: list[PromptTemplate | BaseException] = []
 
-        def put(instructions: str) -> None:
+        def put(instructions: str, i: int) -> None:
             try:
-                results.append(store.put(template("1", instructions)))
+                results.append(stores[i % connections].put(template("1", instructions)))
             except ClientError as exc:
                 results.append(exc)
 
-        texts = ["Hello {{name}}."] * 4 + ["Bye {{name}}."] * 4
-        threads = [threading.Thread(target=put, args=(t,)) for t in texts]
+        texts = ["Hello {{name}}.", "Bye {{name}}."] * 4
+        threads = [threading.Thread(target=put, args=(t, i)) for i, t in enumerate(texts)]
         for t in threads:
             t.start()
         for t in threads:
@@ -148,6 +152,9 @@ def test_prompts_concurrent_puts_of_one_version_store_it_once(tmp_path: Path) ->
         assert all(r == winner for r in stored)
         assert len(stored) == 4 and len(results) == 8
         assert len(store.versions("pmpt_greet")) == 1
+    finally:
+        for db in databases:
+            db.close()
 
 
 # --- the template itself ---------------------------------------------------------------------

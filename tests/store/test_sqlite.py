@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 
 from parley.errors import ConfigError
-from parley.store.sqlite import MIGRATIONS, Database, Migration
+from parley.store import MIGRATIONS, Database, Migration
 
 NOTES = (
     Migration(1, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);"),
@@ -89,13 +90,13 @@ def test_sqlite_file_database_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert db.query("PRAGMA journal_mode")[0][0] == "wal"
         assert db.query("PRAGMA foreign_keys")[0][0] == 1
         assert db.query("PRAGMA busy_timeout")[0][0] > 0
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
             db.execute("INSERT INTO tags (note, tag) VALUES (42, 'orphan')")
 
 
 def test_sqlite_memory_database_works(db: Database) -> None:
     assert db.query("PRAGMA journal_mode")[0][0] == "memory"
-    assert db.execute("INSERT INTO notes (body) VALUES (?)", ("hi",)) == 1
+    assert db.execute("INSERT INTO notes (body) VALUES (:b)", {"b": "hi"}) == 1
     row = db.query("SELECT id, body FROM notes WHERE body = :b", {"b": "hi"})[0]
     assert (row[0], row["body"]) == (1, "hi")
 
@@ -135,8 +136,8 @@ def test_sqlite_concurrent_threads_share_one_database(tmp_path: Path) -> None:
                     # A read-modify-write: loses updates unless transactions exclude each other.
                     with db.transaction():
                         n = db.query("SELECT n FROM counter")[0][0]
-                        db.execute("UPDATE counter SET n = ?", (n + 1,))
-                    db.execute("INSERT INTO notes (body) VALUES (?)", (f"{worker}-{i}",))
+                        db.execute("UPDATE counter SET n = :n", {"n": n + 1})
+                    db.execute("INSERT INTO notes (body) VALUES (:b)", {"b": f"{worker}-{i}"})
             except BaseException as exc:
                 errors.append(exc)
 
@@ -159,7 +160,7 @@ def test_sqlite_two_connections_to_one_file(tmp_path: Path) -> None:
             try:
                 for i in range(50):
                     with db.transaction():
-                        db.execute("INSERT INTO notes (body) VALUES (?)", (str(i),))
+                        db.execute("INSERT INTO notes (body) VALUES (:b)", {"b": str(i)})
             except BaseException as exc:
                 errors.append(exc)
 

@@ -23,8 +23,9 @@ def _unknown_prompt(database: Any, prompt_id: str, tenant: str, exc: ClientError
     """The store's error, plus where the prompt is when another tenant has it (the usual slip:
     imported with --tenant, shown without)."""
     rows = database.query(
-        "SELECT DISTINCT tenant FROM prompt_templates WHERE id = ? AND tenant != ? ORDER BY tenant",
-        (prompt_id, tenant),
+        "SELECT DISTINCT tenant FROM prompt_templates WHERE id = :id AND tenant != :tenant"
+        " ORDER BY tenant",
+        {"id": prompt_id, "tenant": tenant},
     )
     others = [row["tenant"] for row in rows]
     if not others:

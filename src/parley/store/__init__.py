@@ -1,9 +1,11 @@
-"""Durable state: the embedded SQLite database and the stores built on it.
+"""Durable state: the database (embedded SQLite, or PostgreSQL) and the stores built on it.
 
 Today that is the prompt-template store behind the Realtime API's ``prompt: {id, version,
-variables}``; the PostgreSQL and Redis adapters of a scaled deployment will sit beside it.
+variables}`` and the key store (``parley.store.keys``); the Redis adapter of a scaled
+deployment will sit beside them.
 """
 
+from parley.store.database import MIGRATIONS, Database, Migration
 from parley.store.prompts import (
     PromptStore,
     PromptTemplate,
@@ -12,7 +14,6 @@ from parley.store.prompts import (
     load_template_file,
     render,
 )
-from parley.store.sqlite import MIGRATIONS, Database, Migration
 
 __all__ = [
     "MIGRATIONS",

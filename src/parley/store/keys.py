@@ -8,12 +8,13 @@ configuration and an expiry, and open exactly one connection.
 
 **Revocation and the cache.** Keys are revoked by another process as often as by this one
 (``parley keys revoke`` next to a running server), so the store learns of a revocation from the
-database itself: :meth:`KeyStore.generation` changes whenever any connection commits to the
-database file (SQLite's ``PRAGMA data_version``) or this process revokes a key. Lookups of active
-keys (:meth:`KeyStore.authenticate`, :meth:`KeyStore.is_active`) are cached until the generation
-changes, so a server checking its open sessions every few seconds costs one pragma per check,
-and a revocation is seen by the next lookup. The cache is bounded and holds no token, only
-hashes and key records.
+database itself: :meth:`KeyStore.generation` is a count of the keys and of the revoked ones,
+read from the database by any process on SQLite and PostgreSQL alike (keys are never deleted and
+a revocation is never undone, so the counts only grow). Lookups of active keys
+(:meth:`KeyStore.authenticate`, :meth:`KeyStore.is_active`) are cached until the generation
+changes, so a server checking its open sessions every few seconds costs one small aggregate over
+``api_keys`` per check, and a revocation is seen by the next lookup. The cache is bounded and
+holds no token, only hashes and key records.
 
 **Threads.** Every method may block on the database (a writer in another process holds the
 lock for up to the busy timeout), so async callers run them in a worker thread; the store is
@@ -28,13 +29,12 @@ import secrets
 import string
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from parley.errors import ClientError, Code
-from parley.store.sqlite import Database
+from parley.store.database import Database
 
 __all__ = [
     "ApiKey",
@@ -53,10 +53,6 @@ MAX_SECRET_TTL_S = 7200
 MIN_SECRET_TTL_S = 10
 # Active keys remembered between database changes (a record is ~1 KiB).
 CACHE_SIZE = 1024
-
-# Revocations made through this process, per database connection: a connection's own commits
-# do not change its ``data_version``.
-_local_changes: weakref.WeakKeyDictionary[Database, int] = weakref.WeakKeyDictionary()
 
 
 def _token(prefix: str, n: int) -> str:
@@ -111,35 +107,37 @@ class KeyStore:
         self._db = db
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, float] | None = None
         self._by_hash: OrderedDict[str, ApiKey] = OrderedDict()
         self._active: OrderedDict[str, bool] = OrderedDict()
 
     # --- revocation ----------------------------------------------------------------------------
 
-    def generation(self) -> tuple[int, int]:
-        """Changes whenever a key may have been revoked: another connection committed to the
-        database, or this process revoked a key. Compare for equality only."""
-        version = int(self._db.query("PRAGMA data_version")[0][0])
-        return version, _local_changes.get(self._db, 0)
+    def generation(self) -> tuple[int, int, float]:
+        """Changes whenever a key is created or revoked, by any process. Compare for equality
+        only."""
+        row = self._db.query(
+            "SELECT count(*), count(revoked_at), coalesce(max(revoked_at), 0) FROM api_keys"
+        )[0]
+        return int(row[0]), int(row[1]), float(row[2])
 
     def is_active(self, key_id: str) -> bool:
         """Whether the key ``key_id`` exists and is not revoked. Cached until the database
-        changes: an open session can ask every second for the price of one pragma."""
+        changes: an open session can ask every second for the price of one small query."""
         generation = self.generation()
         with self._cache_lock:
             self._refresh(generation)
             cached = self._active.get(key_id)
         if cached is not None:
             return cached
-        rows = self._db.query("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
+        rows = self._db.query("SELECT revoked_at FROM api_keys WHERE id = :id", {"id": key_id})
         active = bool(rows) and rows[0]["revoked_at"] is None
         with self._cache_lock:
             if self._seen == generation:
                 _remember(self._active, key_id, active, self._cache_size)
         return active
 
-    def _refresh(self, generation: tuple[int, int]) -> None:
+    def _refresh(self, generation: tuple[int, int, float]) -> None:
         """Forget cached lookups made before ``generation`` (the caller holds the cache lock)."""
         if generation != self._seen:
             self._seen = generation
@@ -152,7 +150,7 @@ class KeyStore:
         name = name.strip()
         if not name or len(name) > 64:
             raise ClientError("a tenant name is 1 to 64 characters", param="tenant")
-        rows = self._db.query("SELECT id, name FROM tenants WHERE name = ?", (name,))
+        rows = self._db.query("SELECT id, name FROM tenants WHERE name = :name", {"name": name})
         if rows:
             return Tenant(rows[0]["id"], rows[0]["name"])
         if not create:
@@ -161,8 +159,8 @@ class KeyStore:
             )
         tenant = Tenant(_token("ten_", 16), name)
         self._db.execute(
-            "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)",
-            (tenant.id, tenant.name, time.time()),
+            "INSERT INTO tenants (id, name, created_at) VALUES (:id, :name, :created_at)",
+            {"id": tenant.id, "name": tenant.name, "created_at": time.time()},
         )
         return tenant
 
@@ -182,25 +180,27 @@ class KeyStore:
             key = ApiKey(_token("key_", 16), owner, token[:14], name, time.time(), None, limits)
             self._db.execute(
                 "INSERT INTO api_keys (id, tenant_id, hash, prefix, name, created_at, rpm,"
-                " max_sessions, max_session_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.id,
-                    owner.id,
-                    _hash(token),
-                    key.prefix,
-                    name,
-                    key.created_at,
-                    limits.requests_per_minute,
-                    limits.max_sessions,
-                    limits.max_session_s,
-                ),
+                " max_sessions, max_session_s) VALUES (:id, :tenant_id, :hash, :prefix, :name,"
+                " :created_at, :rpm, :max_sessions, :max_session_s)",
+                {
+                    "id": key.id,
+                    "tenant_id": owner.id,
+                    "hash": _hash(token),
+                    "prefix": key.prefix,
+                    "name": name,
+                    "created_at": key.created_at,
+                    "rpm": limits.requests_per_minute,
+                    "max_sessions": limits.max_sessions,
+                    "max_session_s": limits.max_session_s,
+                },
             )
         return token, key
 
     def list_keys(self, tenant: str) -> list[ApiKey]:
         owner = self.tenant(tenant)
         rows = self._db.query(
-            "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at", (owner.id,)
+            "SELECT * FROM api_keys WHERE tenant_id = :tenant_id ORDER BY created_at",
+            {"tenant_id": owner.id},
         )
         return [_key(row, owner) for row in rows]
 
@@ -209,22 +209,22 @@ class KeyStore:
         owner = self.tenant(tenant)
         with self._db.transaction():
             rows = self._db.query(
-                "SELECT * FROM api_keys WHERE tenant_id = ? AND (id = ? OR prefix = ?)",
-                (owner.id, key_id, key_id),
+                "SELECT * FROM api_keys"
+                " WHERE tenant_id = :tenant_id AND (id = :key OR prefix = :key)",
+                {"tenant_id": owner.id, "key": key_id},
             )
             if len(rows) != 1:
                 raise ClientError(
                     f"tenant {tenant!r} has no key {key_id!r}", param="key", code=Code.KEY_NOT_FOUND
                 )
             self._db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (time.time(), rows[0]["id"]),
+                "UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
+                {"now": time.time(), "id": rows[0]["id"]},
             )
             key = _key(
-                self._db.query("SELECT * FROM api_keys WHERE id = ?", (rows[0]["id"],))[0], owner
+                self._db.query("SELECT * FROM api_keys WHERE id = :id", {"id": rows[0]["id"]})[0],
+                owner,
             )
-        # Committed: every store on this connection sees a new generation from now on.
-        _local_changes[self._db] = _local_changes.get(self._db, 0) + 1
         return key
 
     def authenticate(self, token: str) -> ApiKey | None:
@@ -241,8 +241,8 @@ class KeyStore:
                 return cached
         rows = self._db.query(
             "SELECT k.*, t.name AS tenant_name FROM api_keys k JOIN tenants t"
-            " ON t.id = k.tenant_id WHERE k.hash = ?",
-            (digest,),
+            " ON t.id = k.tenant_id WHERE k.hash = :hash",
+            {"hash": digest},
         )
         if not rows or rows[0]["revoked_at"] is not None:
             return None  # unknown tokens are not cached: they cannot fill the cache
@@ -268,8 +268,14 @@ class KeyStore:
         now = time.time()
         self._db.execute(
             "INSERT INTO client_secrets (hash, key_id, session, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (_hash(token), key.id, json.dumps(session), now, now + ttl_s),
+            " VALUES (:hash, :key_id, :session, :created_at, :expires_at)",
+            {
+                "hash": _hash(token),
+                "key_id": key.id,
+                "session": json.dumps(session),
+                "created_at": now,
+                "expires_at": now + ttl_s,
+            },
         )
         return token, now + ttl_s
 
@@ -279,7 +285,9 @@ class KeyStore:
         if not token.startswith(SECRET_PREFIX):
             return None
         with self._db.transaction():
-            rows = self._db.query("SELECT * FROM client_secrets WHERE hash = ?", (_hash(token),))
+            rows = self._db.query(
+                "SELECT * FROM client_secrets WHERE hash = :hash", {"hash": _hash(token)}
+            )
             if not rows:
                 return None
             row = rows[0]
@@ -288,13 +296,14 @@ class KeyStore:
                 return None
             keys = self._db.query(
                 "SELECT k.*, t.name AS tenant_name FROM api_keys k JOIN tenants t"
-                " ON t.id = k.tenant_id WHERE k.id = ?",
-                (row["key_id"],),
+                " ON t.id = k.tenant_id WHERE k.id = :id",
+                {"id": row["key_id"]},
             )
             if not keys or keys[0]["revoked_at"] is not None:
                 return None
             self._db.execute(
-                "UPDATE client_secrets SET used_at = ? WHERE hash = ?", (now, row["hash"])
+                "UPDATE client_secrets SET used_at = :now WHERE hash = :hash",
+                {"now": now, "hash": row["hash"]},
             )
             key = _key(keys[0], Tenant(keys[0]["tenant_id"], keys[0]["tenant_name"]))
             return ClientSecret(key, json.loads(row["session"]), row["expires_at"])

@@ -3,7 +3,7 @@
 The Realtime API lets ``session.update`` and ``response.create`` name a stored prompt,
 ``prompt: {id, version?, variables?}``. A :class:`PromptTemplate` holds instructions with
 ``{{variable}}`` placeholders; :class:`PromptStore` keeps its versions in the
-:class:`~parley.store.sqlite.Database`; :func:`render` fills the placeholders with the request's
+:class:`~parley.store.database.Database`; :func:`render` fills the placeholders with the request's
 variables (strings, ``input_text`` parts or ``input_image`` parts) and the template's defaults.
 
 Rendering is plain substitution in one pass: a placeholder is ``{{name}}`` (spaces inside the
@@ -31,7 +31,7 @@ from typing import Any, Literal, cast
 
 from parley.content import ImagePart, TextPart
 from parley.errors import ClientError, Code, ConfigError
-from parley.store.sqlite import Database
+from parley.store.database import Database
 
 __all__ = [
     "PromptStore",
@@ -338,8 +338,9 @@ class PromptStore:
         """
         with self._db.transaction():
             rows = self._db.query(
-                "SELECT * FROM prompt_templates WHERE tenant = ? AND id = ? AND version = ?",
-                (self.tenant, template.id, template.version),
+                "SELECT * FROM prompt_templates"
+                " WHERE tenant = :tenant AND id = :id AND version = :version",
+                {"tenant": self.tenant, "id": template.id, "version": template.version},
             )
             if rows:
                 existing = _from_row(rows[0])
@@ -357,16 +358,17 @@ class PromptStore:
             self._db.execute(
                 "INSERT INTO prompt_templates"
                 " (tenant, id, version, description, instructions, variables, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.tenant,
-                    stored.id,
-                    stored.version,
-                    stored.description,
-                    stored.instructions,
-                    _dump_variables(stored.variables),
-                    stored.created_at,
-                ),
+                " VALUES (:tenant, :id, :version, :description, :instructions, :variables,"
+                " :created_at)",
+                {
+                    "tenant": self.tenant,
+                    "id": stored.id,
+                    "version": stored.version,
+                    "description": stored.description,
+                    "instructions": stored.instructions,
+                    "variables": _dump_variables(stored.variables),
+                    "created_at": stored.created_at,
+                },
             )
         return stored
 
@@ -375,8 +377,9 @@ class PromptStore:
         if version is None:
             return _latest(self.versions(id))
         rows = self._db.query(
-            "SELECT * FROM prompt_templates WHERE tenant = ? AND id = ? AND version = ?",
-            (self.tenant, id, version),
+            "SELECT * FROM prompt_templates"
+            " WHERE tenant = :tenant AND id = :id AND version = :version",
+            {"tenant": self.tenant, "id": id, "version": version},
         )
         if not rows:
             self.versions(id)  # raises when the id itself is unknown
@@ -386,8 +389,8 @@ class PromptStore:
     def versions(self, id: str) -> builtins.list[PromptTemplate]:
         """Every version of prompt ``id``, oldest first."""
         rows = self._db.query(
-            "SELECT * FROM prompt_templates WHERE tenant = ? AND id = ? ORDER BY seq",
-            (self.tenant, id),
+            "SELECT * FROM prompt_templates WHERE tenant = :tenant AND id = :id ORDER BY seq",
+            {"tenant": self.tenant, "id": id},
         )
         if not rows:
             raise _invalid(f"unknown prompt {id!r}", "prompt.id")
@@ -397,7 +400,8 @@ class PromptStore:
         """The latest version of every prompt, by id."""
         by_id: dict[str, builtins.list[PromptTemplate]] = {}
         for row in self._db.query(
-            "SELECT * FROM prompt_templates WHERE tenant = ? ORDER BY id, seq", (self.tenant,)
+            "SELECT * FROM prompt_templates WHERE tenant = :tenant ORDER BY id, seq",
+            {"tenant": self.tenant},
         ):
             template = _from_row(row)
             by_id.setdefault(template.id, []).append(template)
@@ -407,15 +411,17 @@ class PromptStore:
         """Delete one version of prompt ``id``, or all of them when ``version`` is None."""
         if version is None:
             changed = self._db.execute(
-                "DELETE FROM prompt_templates WHERE tenant = ? AND id = ?", (self.tenant, id)
+                "DELETE FROM prompt_templates WHERE tenant = :tenant AND id = :id",
+                {"tenant": self.tenant, "id": id},
             )
             if not changed:
                 raise _invalid(f"unknown prompt {id!r}", "prompt.id")
             return
         with self._db.transaction():
             changed = self._db.execute(
-                "DELETE FROM prompt_templates WHERE tenant = ? AND id = ? AND version = ?",
-                (self.tenant, id, version),
+                "DELETE FROM prompt_templates"
+                " WHERE tenant = :tenant AND id = :id AND version = :version",
+                {"tenant": self.tenant, "id": id, "version": version},
             )
             if not changed:
                 self.versions(id)
