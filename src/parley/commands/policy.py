@@ -27,7 +27,10 @@ def add_policy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
     check_summary = "check policy files; print FILE: ok, or each error as FILE:LINE: message"
     check = actions.add_parser(
-        "check", help=check_summary, description=check_summary + ".", parents=[common]
+        "check",
+        help=check_summary,
+        description=check_summary[0].upper() + check_summary[1:] + ".",
+        parents=[common],
     )
     check.add_argument("files", nargs="+", type=Path, metavar="FILE", help="policy file (YAML)")
     explain_summary = (
@@ -35,7 +38,10 @@ def add_policy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "(masked) and the engine chain"
     )
     explain = actions.add_parser(
-        "explain", help=explain_summary, description=explain_summary + ".", parents=[common]
+        "explain",
+        help=explain_summary,
+        description=explain_summary[0].upper() + explain_summary[1:] + ".",
+        parents=[common],
     )
     explain.add_argument(
         "--policy", dest="policy_file", type=Path, required=True, metavar="FILE", help="policy"
