@@ -68,7 +68,7 @@ def test_ledger_write_is_one_transaction(database: Database) -> None:
 
 def test_ledger_bad_outcome_is_refused() -> None:
     with pytest.raises(ValueError):
-        UsageRecord(tenant="a", stage="llm", engine="e", outcome="maybe")  # type: ignore[arg-type]
+        UsageRecord(tenant="a", stage="llm", engine="e", outcome="maybe")
 
 
 def test_ledger_record_survives_sigkill_of_its_writer(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ class UsageRecord:
     tenant: str
     stage: str
     engine: str
-    outcome: Outcome = "ok"
+    outcome: str = "ok"  # an Outcome; checked when the record is made
     key_id: str = ""
     session_id: str = ""
     response_id: str = ""
