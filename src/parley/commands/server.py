@@ -11,7 +11,8 @@ from rich.console import Console
 
 from parley import __version__
 from parley.commands.options import EXIT_ERROR, settings_from
-from parley.engines.registry import build_engines, warm_up
+from parley.engines.registry import build_engines, warm_up, warm_up_named
+from parley.routing import build_policy_engines, load_policy
 
 __all__ = ["run_serve"]
 
@@ -38,12 +39,29 @@ async def run_serve(args: argparse.Namespace, console: Console) -> int:
     port = settings.server.port if args.port is None else args.port
     engines = build_engines(settings)
     await warm_up(engines)
+    policy, named = None, {}
+    if settings.policy.file is not None:  # routes, failover, prices (docs/policy.md)
+        policy = load_policy(settings.policy.file)
+        named = build_policy_engines(policy, settings)
+        await warm_up_named(named)
     database = Database(settings.server.database)
-    app = create_app(settings, engines, database=database, auth=not args.no_auth)
+    app = create_app(
+        settings,
+        engines,
+        database=database,
+        auth=not args.no_auth,
+        policy=policy,
+        named=named,
+    )
     if args.no_auth:
         console.print(
             "[bold red]WARNING: authentication is OFF (--no-auth). Anyone who can reach "
             f"{host}:{port} can use this server. For local development only.[/bold red]"
+        )
+    if policy is not None:
+        console.print(
+            f"policy {settings.policy.file}: {len(policy.routes)} routes, engines "
+            + ", ".join(f"{name} ({spec.location})" for name, spec in policy.engines.items())
         )
     console.print(
         f"parley {__version__}: Realtime API on ws://{host}:{port}/v1/realtime "

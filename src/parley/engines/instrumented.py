@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from parley.audio.frames import Frame
 from parley.engines.base import (
@@ -43,6 +43,7 @@ __all__ = [
     "Kind",
     "Report",
     "instrument",
+    "instrument_engine",
 ]
 
 Kind = Literal["vad", "asr", "llm", "tts"]
@@ -201,6 +202,15 @@ class InstrumentedTTS:
             self._on_call,
             self._on_error,
         )
+
+
+def instrument_engine(engine: Any, on_call: Report, on_error: Report) -> Any:
+    """One ASR, LLM or TTS engine (told apart by what it has), reporting its calls."""
+    if hasattr(engine, "synthesize"):
+        return InstrumentedTTS(engine, on_call, on_error)
+    if hasattr(engine, "transcribe"):
+        return InstrumentedASR(engine, on_call, on_error)
+    return InstrumentedLLM(engine, on_call, on_error)
 
 
 def instrument(engines: Engines, on_call: Report, on_error: Report) -> Engines:

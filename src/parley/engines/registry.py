@@ -7,7 +7,7 @@ the engines it names. Third-party engines join with :func:`register`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -217,3 +217,16 @@ async def warm_up(engines: Engines) -> None:
     await engines.asr.transcribe(Frame.silence(200, engines.asr.sample_rate))
     async for _ in engines.tts.synthesize("Ready.", SpeechOptions()):
         pass
+
+
+async def warm_up_named(engines: Mapping[str, Any]) -> None:
+    """:func:`warm_up` for a policy's local ASR and TTS instances (LLMs are never called)."""
+    from parley.audio.frames import Frame
+    from parley.engines.base import SpeechOptions
+
+    for engine in engines.values():
+        if hasattr(engine, "synthesize"):
+            async for _ in engine.synthesize("Ready.", SpeechOptions()):
+                pass
+        elif hasattr(engine, "transcribe"):
+            await engine.transcribe(Frame.silence(200, engine.sample_rate))

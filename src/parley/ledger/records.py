@@ -33,8 +33,10 @@ from parley.store import Database
 
 __all__ = ["BUCKET_WIDTHS", "FIELDS", "GROUP_BY", "Ledger", "Outcome", "UsageRecord"]
 
-Outcome = Literal["ok", "error", "failed_over"]
-OUTCOMES: Final = ("ok", "error", "failed_over")
+# The three, and "cancelled": a call the caller stopped (barge-in, a client that left)
+# after the engine had started working; its units are what was consumed up to then.
+Outcome = Literal["ok", "error", "failed_over", "cancelled"]
+OUTCOMES: Final = ("ok", "error", "failed_over", "cancelled")
 GROUP_BY: Final = ("project_id", "line_item")
 BUCKET_WIDTHS: Final = {"1d": 86_400}
 MAX_LIMIT: Final = 180  # OpenAI's own bound for 1d buckets

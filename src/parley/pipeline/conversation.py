@@ -30,8 +30,10 @@ from typing import Any
 
 from parley.audio.frames import Frame
 from parley.config import Settings, TurnDetectionSettings
-from parley.engines.base import ContentPart, Message, Transcript
+from parley.engines.base import ChatRequest, ContentPart, Message, Transcript
 from parley.engines.registry import Engines
+from parley.errors import ParleyError
+from parley.pipeline.control import Caller, ControlPlane, texts_of
 from parley.pipeline.events import PipelineEvent, ResponseAudio, TranscriptFinal
 from parley.pipeline.history import History
 from parley.pipeline.listener import Listener, Turn
@@ -57,6 +59,8 @@ class Pipeline:
         output_rate: int | None = None,
         auto_respond: bool = True,
         sink: Callable[[PipelineEvent], None] | None = None,
+        control: ControlPlane | None = None,
+        caller: Caller | None = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -75,9 +79,13 @@ class Pipeline:
         self._tg: asyncio.TaskGroup | None = None
         self._timelines: dict[str, TurnTimeline] = {}
         self._answers: set[asyncio.Task[None]] = set()  # turns waiting for a reply to end
+        # The control plane (routing, failover, metering, budgets) for this caller, if any.
+        self.control = (
+            control.for_caller(caller or Caller(), warn=self._emit) if control is not None else None
+        )
         self.listener = Listener(
             engines.vad,
-            engines.asr,
+            self.control.asr() if self.control is not None else engines.asr,
             input_rate=input_rate,
             language=settings.asr.language,
             emit=self._emit,
@@ -96,6 +104,7 @@ class Pipeline:
             spawn=self._spawn,
             clock=lambda: self.listener.input_ms,
             lead_ms=settings.pipeline.tts_lead_ms,
+            control=self.control,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -263,6 +272,17 @@ class Pipeline:
             output_rate=self.output_rate,
         )
         return resp.id
+
+    def admit(self) -> ParleyError | None:
+        """Why a reply to the conversation so far may not start (a spent hard budget), or None:
+        asked before a response is announced, so that a refused one is never created."""
+        if self.control is None:
+            return None
+        options = self._merge(None)
+        request = ChatRequest(
+            self.history.prompt(options.instructions), max_tokens=options.max_output_tokens
+        )
+        return self.control.refusal(request, texts_of(self.history.items))
 
     def _merge(self, options: ResponseOptions | None) -> ResponseOptions:
         base = self.response_defaults

@@ -15,6 +15,7 @@ from parley.errors import ParleyError
 from parley.pipeline.timeline import TurnTimeline
 
 __all__ = [
+    "BudgetWarning",
     "InputCommitted",
     "PipelineEvent",
     "PlaybackInterrupted",
@@ -151,6 +152,15 @@ class StageError:
     item_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetWarning:
+    """A reservation took a budget of the caller past its soft limit (sent once a session)."""
+
+    tenant: str
+    key_id: str
+    message: str
+
+
 PipelineEvent = (
     SpeechStarted
     | SpeechStopped
@@ -164,4 +174,5 @@ PipelineEvent = (
     | ResponseDone
     | PlaybackInterrupted
     | StageError
+    | BudgetWarning
 )

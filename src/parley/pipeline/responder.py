@@ -35,6 +35,7 @@ from parley.engines.base import (
 )
 from parley.errors import ClientError, Code, EngineError, ParleyError
 from parley.ids import new_id
+from parley.pipeline.control import CallerControl, ResponsePlan, texts_of
 from parley.pipeline.events import (
     PipelineEvent,
     PlaybackInterrupted,
@@ -76,6 +77,8 @@ class Response:
     first_audio_s: float | None = None  # time.monotonic() of its first audio
     done: bool = False
     task: asyncio.Task[None] | None = None
+    # The control plane's engines, reservations and usage records for it (None: no control).
+    plan: ResponsePlan | None = None
 
     def heard_text(self, heard_ms: float) -> str:
         """The reply text spoken within the first ``heard_ms`` of its audio."""
@@ -113,8 +116,10 @@ class Responder:
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         clock: Callable[[], float],
         lead_ms: float = 0.0,
+        control: CallerControl | None = None,
     ) -> None:
         self.llm = llm
+        self.control = control
         # Later clauses are synthesised only while the audio already sent is less than this
         # far ahead of real-time playback (0: as fast as the engine goes).
         self.lead_ms = lead_ms
@@ -148,17 +153,29 @@ class Responder:
                 code=Code.CONVERSATION_ALREADY_HAS_ACTIVE_RESPONSE,
             )
         prompt = self.history.prompt(options.instructions)
+        request = ChatRequest(
+            prompt,
+            tools=options.tools,
+            tool_choice=options.tool_choice,
+            max_tokens=options.max_output_tokens,
+            temperature=options.temperature,
+        )
+        response_id = response_id or new_id("resp")
+        plan = None
+        if self.control is not None:  # route and reserve: over budget, no response starts
+            plan = self.control.plan(request, texts_of(self.history.items), response_id=response_id)
         timeline = timeline or TurnTimeline()
         if "asr_final" not in timeline.marks:
             timeline.mark("end_of_turn")
             timeline.mark("asr_final")
         resp = Response(
-            response_id or new_id("resp"),
+            response_id,
             item_id or new_id("item"),
             turn_id,
             options,
             timeline,
             output_rate=output_rate,
+            plan=plan,
         )
         self._recent[resp.item_id] = resp
         while len(self._recent) > _RECENT_RESPONSES:
@@ -167,13 +184,6 @@ class Responder:
         self.current = resp
         self.idle.clear()
         self._emit(ResponseStarted(resp.id, resp.item_id, turn_id, options.audio))
-        request = ChatRequest(
-            prompt,
-            tools=options.tools,
-            tool_choice=options.tool_choice,
-            max_tokens=options.max_output_tokens,
-            temperature=options.temperature,
-        )
         resp.task = self._spawn(self._respond(resp, request))
         # A task cancelled before its first step never runs its coroutine: end it here then.
         resp.task.add_done_callback(lambda _: self._finish(resp, "cancelled", None, None))
@@ -273,6 +283,8 @@ class Responder:
                 self.history.replace_text(resp.item_id, heard)
         else:
             self.history.delete(resp.item_id)  # nothing was said: no empty item lingers
+        if resp.plan is not None:
+            resp.plan.close()  # settled and in the ledger before response.done goes out
         self._emit(
             ResponseDone(
                 resp.id,
@@ -294,7 +306,8 @@ class Responder:
         segmenter = ClauseSegmenter()
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
         try:
-            async with contextlib.aclosing(self.llm.stream(request)) as stream:
+            llm = resp.plan.llm if resp.plan is not None else self.llm
+            async with contextlib.aclosing(llm.stream(request)) as stream:
                 async for event in stream:
                     match event:
                         case TextDelta(text=text):
@@ -341,7 +354,8 @@ class Responder:
             sample_rate=resp.output_rate,
             stream=resp.id,
         )
-        async with contextlib.aclosing(speak(self.tts, queued(), options)) as audio:
+        tts = resp.plan.tts if resp.plan is not None else self.tts
+        async with contextlib.aclosing(speak(tts, queued(), options)) as audio:
             async for out in audio:
                 if isinstance(out, Spoken):
                     resp.spoken.append(out)
@@ -354,7 +368,6 @@ class Responder:
                     self.playback = resp
                 resp.audio_samples += len(out)
                 self._emit(ResponseAudio(resp.id, resp.item_id, out))
-
 
     async def _pace(self, resp: Response) -> None:
         """Wait while ``resp``'s audio is more than ``lead_ms`` ahead of its playback (counted

@@ -7,7 +7,8 @@ pipeline, in order, and reports the outcome back to the session (``command_done`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from parley.audio.frames import Frame
 from parley.config import TurnDetectionSettings
@@ -21,6 +22,7 @@ __all__ = [
     "Command",
     "CommitInput",
     "Configure",
+    "Output",
     "PushAudio",
     "StartResponse",
     "TranscribeItem",
@@ -114,3 +116,19 @@ Command = (
     | Truncate
     | TranscribeItem
 )
+
+
+@dataclass(slots=True)
+class Output:
+    """What one input caused: events for the client, commands for the pipeline, and responses
+    whose audio still queued for the client must be dropped (cancelled or interrupted)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+    def extend(self, other: Output) -> Output:
+        self.events += other.events
+        self.commands += other.commands
+        self.stale += other.stale
+        return self

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
 from pydantic import ValidationError
@@ -43,6 +42,7 @@ from parley.errors import (
 )
 from parley.ids import new_id
 from parley.pipeline.events import (
+    BudgetWarning,
     InputCommitted,
     PipelineEvent,
     PlaybackInterrupted,
@@ -69,6 +69,7 @@ from parley.realtime.commands import (
     Command,
     CommitInput,
     Configure,
+    Output,
     PushAudio,
     StartResponse,
     TranscribeItem,
@@ -84,22 +85,6 @@ log = logging.getLogger("parley.realtime")
 
 # Resolves a stored prompt template: (id, version, variables) -> instructions.
 PromptResolver = Callable[[str, str | None, dict[str, Any]], str | tuple[ContentPart, ...]]
-
-
-@dataclass(slots=True)
-class Output:
-    """What one input caused: events for the client, commands for the pipeline, and responses
-    whose audio still queued for the client must be dropped (cancelled or interrupted)."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-
-    def extend(self, other: Output) -> Output:
-        self.events += other.events
-        self.commands += other.commands
-        self.stale += other.stale
-        return self
 
 
 class RealtimeSession:
@@ -120,6 +105,7 @@ class RealtimeSession:
         prompts: PromptResolver | None = None,
         timeline: bool = False,
         rate_limits: Callable[[], list[dict[str, Any]]] | None = None,
+        admit: Callable[[], ParleyError | None] | None = None,
     ) -> None:
         self.defaults = cfg.SessionDefaults.from_settings(
             settings,
@@ -140,6 +126,7 @@ class RealtimeSession:
         # parley's extension: a ``parley.turn.timeline`` event after each response.done.
         self.timeline = timeline
         self._rate_limits = rate_limits or list
+        self._admit = admit  # the budget's word before a response: None, or why not
         self.config = cfg.initial_config(self.defaults)
         # Whether the client asked for transcription itself (a transcription session always
         # does): only then are partial transcripts decoded, to send as deltas.
@@ -324,7 +311,10 @@ class RealtimeSession:
         event_id: str | None = None,
     ) -> Output:
         """IDLE -> TRANSCRIBING or GENERATING: ``response.created``, and the pipeline starts it
-        once no committed turn is still being transcribed."""
+        once no committed turn is still being transcribed. Past a hard budget: an error and
+        no response."""
+        if (refusal := self._admit() if self._admit else None) is not None:
+            return Output([self.error(refusal, event_id)])
         limit = self.config.max_output_tokens
         resp = ActiveResponse(
             id=new_id("resp"),
@@ -498,6 +488,8 @@ class RealtimeSession:
                 return self._transcribed(ev.turn_id, item_id, None, ev.error)
             case StageError(error=error):
                 return Output([self.error(error)])
+            case BudgetWarning(message=message):
+                return Output([event("parley.budget.warning", message=message)])
             case ResponseStarted():
                 return Output()  # response.created went out when the session created it
             case ResponseTextDelta(response_id=rid, text=text):

@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ from parley import __version__
 from parley.config import Settings
 from parley.engines.base import ContentPart, TextPart, engine_health
 from parley.engines.batching import Scheduler
-from parley.engines.instrumented import instrument
+from parley.engines.instrumented import instrument, instrument_engine
 from parley.engines.registry import Engines, languages_of
 from parley.errors import (
     ClientError,
@@ -42,10 +42,13 @@ from parley.errors import (
     RateLimitError,
     SessionClosedError,
 )
+from parley.ledger import Budgets, Ledger
 from parley.logs import bind
 from parley.pipeline import Pipeline
+from parley.pipeline.control import Caller, ControlPlane
 from parley.pipeline.history import History
 from parley.realtime.session import PromptResolver, RealtimeSession
+from parley.routing import Policy
 from parley.server.auth import (
     INSECURE_KEY_PROTOCOL,
     AuthMiddleware,
@@ -53,6 +56,7 @@ from parley.server.auth import (
     Principal,
     principal_of,
 )
+from parley.server.costs import costs_route
 from parley.server.memory import Trimmer
 from parley.server.metrics import Metrics
 from parley.server.openai_errors import error_response
@@ -87,6 +91,8 @@ class AppState:
     tracer: TurnTracer = field(default_factory=TurnTracer.disabled)
     # Lower-case names the TTS engine answers to (voice ids, names and languages).
     voice_names: frozenset[str] = frozenset()
+    # Routing policy, failover, metering and budgets (issue 13); None: engines as configured.
+    control: ControlPlane | None = None
 
     def prompt_resolver(self, tenant: str) -> PromptResolver | None:
         """Renders the tenant's own prompt templates (a tenant never sees another's)."""
@@ -123,8 +129,14 @@ def create_app(
     auth: bool = True,
     metrics: Metrics | None = None,
     tracer: TurnTracer | None = None,
+    policy: Policy | None = None,
+    named: Mapping[str, Any] | None = None,
 ) -> Starlette:
-    """The app; with ``auth`` every endpoint but ``/healthz`` needs a key from ``database``."""
+    """The app; with ``auth`` every endpoint but ``/healthz`` needs a key from ``database``.
+
+    ``policy`` routes calls to the engine instances ``named`` (built from it by
+    :func:`parley.routing.build_policy_engines`); with ``database``, every engine call is
+    recorded in its ledger and held to its budgets."""
     if auth and database is None:
         raise ConfigError("authentication needs the database that holds the keys")
     keys = KeyStore(database) if auth and database is not None else None
@@ -135,6 +147,22 @@ def create_app(
     for name, scheduler in schedulers:
         scheduler.observe(functools.partial(metrics.batch, name))
     engines = instrument(engines, metrics.engine_call, metrics.engine_error)
+    control = ControlPlane(
+        engines,
+        policy=policy,
+        named={
+            name: instrument_engine(engine, metrics.engine_call, metrics.engine_error)
+            for name, engine in (named or {}).items()
+        },
+        ledger=Ledger(database) if database is not None else None,
+        budgets=Budgets(database) if database is not None else None,
+        on_record=lambda record: metrics.cost(
+            record.tenant, record.stage, record.engine, record.cost_usd
+        ),
+        on_budget=lambda budget: metrics.budget_remaining(
+            budget.tenant, budget.key_id, budget.remaining_usd
+        ),
+    )
     voices = engines.tts.voices()
     state = AppState(
         settings,
@@ -144,6 +172,7 @@ def create_app(
         metrics=metrics,
         tracer=tracer,
         voice_names=frozenset(n.lower() for v in voices for n in (v.id, v.name, v.language) if n),
+        control=control,
     )
 
     async def healthz(request: Request) -> JSONResponse:
@@ -204,12 +233,14 @@ def create_app(
             metrics.route(),  # observability (issue 4): GET /metrics
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
             Route("/openapi.json", openapi),
+            costs_route(lambda: control.ledger),  # GET /v1/organization/costs
             *rest_routes(
                 settings,
                 engines,
                 max_audio_s=settings.server.max_audio_s,
                 max_transcriptions=settings.server.max_transcriptions,
                 transcription_wait_s=settings.server.transcription_wait_s,
+                control=control,
             ),
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
@@ -221,6 +252,7 @@ def create_app(
                 keys=keys,
                 limiter=state.limiter,
                 metrics_token=settings.server.metrics_token,
+                admin_token=settings.server.admin_token,
             )
         ],
         lifespan=lifespan,
@@ -349,6 +381,8 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         output_rate=24000,
         auto_respond=False,  # the session decides when to respond
         sink=inbox.put_event,
+        control=state.control,
+        caller=Caller(principal.tenant, principal.limits_key),
     )
     session = RealtimeSession(
         state.settings,
@@ -363,7 +397,10 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         prompts=state.prompt_resolver(principal.tenant),
         rate_limits=lambda: _rate_limits(state.limiter, principal),
         timeline=ws.query_params.get("parley_timeline") in ("1", "true"),
+        admit=pipeline.admit,
     )
+    if pipeline.control is not None:  # the ledger names the session of each call
+        pipeline.control.caller = Caller(principal.tenant, principal.limits_key, session.id)
     if principal.session is not None:
         # An ephemeral key's session configuration (validated when the key was made) is the
         # session's starting point.

@@ -394,7 +394,8 @@ class Connection:
         return None
 
     async def _transcribe_item(self, command: TranscribeItem) -> None:
-        asr = self.engines.asr
+        control = self.pipeline.control  # metered and held to the caller's budget
+        asr = control.asr() if control is not None else self.engines.asr
         try:
             transcript = await asr.transcribe(resample(command.frame, asr.sample_rate))
         except Exception as exc:  # reported to the client as an error event

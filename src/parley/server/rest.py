@@ -54,15 +54,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message as ASGIMessage
-from starlette.types import Receive, Scope, Send
 
 from parley.audio.containers import AudioEncoder, open_encoder, open_upload
 from parley.audio.frames import Frame
 from parley.config import Settings
-from parley.engines.base import SpeechOptions, estimate_message_tokens, estimate_tokens
+from parley.engines.base import ASR, TTS, SpeechOptions, estimate_message_tokens, estimate_tokens
 from parley.engines.registry import Engines
 from parley.errors import (
     ClientError,
@@ -71,11 +69,19 @@ from parley.errors import (
     NotFoundError,
     OverloadedError,
     ParleyError,
-    PayloadTooLargeError,
 )
 from parley.ids import new_id
+from parley.pipeline.control import Caller, CallerControl, ControlPlane
 from parley.pipeline.speech import Recognised, RecordingEnd, speak_text, transcribe_recording
+from parley.server.auth import principal_of
 from parley.server.chat import ChatCompletionRequest, Completion, Reply, chat_request
+from parley.server.http_streams import (
+    SSE_HEADERS,
+    Stream,
+    first_item,
+    limited,
+    resumed,
+)
 from parley.server.openai_errors import guarded, sse, sse_error
 
 __all__ = [
@@ -125,10 +131,14 @@ def rest_routes(
     max_audio_s: float = MAX_AUDIO_S,
     max_transcriptions: int = MAX_TRANSCRIPTIONS,
     transcription_wait_s: float = TRANSCRIPTION_WAIT_S,
+    control: ControlPlane | None = None,
 ) -> list[BaseRoute]:
-    """The REST endpoints over ``engines``, to mount at the root of the app."""
+    """The REST endpoints over ``engines`` (through ``control``'s routes, failover, metering
+    and budgets when given), to mount at the root of the app."""
     turns = asyncio.Semaphore(max_transcriptions)  # ValueError below 0
-    api = _RestAPI(settings, engines, max_body_bytes, max_audio_s, turns, transcription_wait_s)
+    api = _RestAPI(
+        settings, engines, max_body_bytes, max_audio_s, turns, transcription_wait_s, control
+    )
     return [
         Route("/v1/audio/speech", guarded(api.speech), methods=["POST"]),
         Route("/v1/audio/transcriptions", guarded(api.transcriptions), methods=["POST"]),
@@ -190,79 +200,6 @@ class TranscriptionParams(BaseModel):
 # --- Plumbing --------------------------------------------------------------------------------
 
 
-class _Stream(StreamingResponse):
-    """A streaming response that closes its generator however the response ends (Starlette
-    leaves an abandoned generator to the garbage collector, and with it a TTS or LLM job), then
-    ``owns``, the one beneath that holds the job, which a body never started cannot reach."""
-
-    def __init__(
-        self,
-        body: AsyncGenerator[bytes, None],
-        media_type: str,
-        headers: dict[str, str],
-        owns: AsyncGenerator[Any, None] | None = None,
-    ) -> None:
-        super().__init__(body, media_type=media_type, headers=headers)
-        self._body = body
-        self._owns = owns
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            try:
-                await self._body.aclose()
-            finally:
-                if self._owns is not None:
-                    await self._owns.aclose()
-
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"Request body is larger than the limit of {limit} bytes.")
-
-
-def _limited(request: Request, limit: int) -> Request:
-    """``request`` whose body stops being read past ``limit`` bytes (chunked uploads too), and
-    is refused unread when its ``content-length`` says so."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise _too_large(limit)
-    size = 0
-
-    async def receive() -> ASGIMessage:
-        nonlocal size
-        message = await request.receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise _too_large(limit)
-        return message
-
-    return Request(request.scope, receive)
-
-
-async def _first(events: AsyncGenerator[_T, None]) -> _T | None:
-    """The first item of ``events`` (None when it has none), closing it if that fails, so that
-    a bad voice or a failing engine is answered with a status instead of a broken stream."""
-    try:
-        return await anext(events, None)
-    except BaseException:
-        await events.aclose()
-        raise
-
-
-async def _resumed(first: _T | None, rest: AsyncGenerator[_T, None]) -> AsyncGenerator[_T, None]:
-    """``first`` (what :func:`_first` took) then the rest of its generator, which it closes."""
-    async with aclosing(rest):
-        if first is not None:
-            yield first
-            async for item in rest:
-                yield item
-
-
 # --- The endpoints ---------------------------------------------------------------------------
 
 
@@ -274,12 +211,22 @@ class _RestAPI:
     max_audio_s: float
     turns: asyncio.Semaphore  # a transcription holds one throughout
     turn_wait_s: float
+    # Routing, failover, metering and budgets (None: the engines as they are, unmetered).
+    control: ControlPlane | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def _caller(self, request: Request) -> CallerControl | None:
+        """The control plane for this request's tenant and key."""
+        if self.control is None:
+            return None
+        principal = principal_of(request.scope)
+        key_id = principal.key.id if principal.key is not None else ""
+        return self.control.for_caller(Caller(principal.tenant, key_id))
 
     # /v1/audio/speech ------------------------------------------------------------------------
 
     async def speech(self, request: Request) -> Response:
-        req = SpeechRequest.model_validate_json(await _limited(request, self.max_body_bytes).body())
+        req = SpeechRequest.model_validate_json(await limited(request, self.max_body_bytes).body())
         limit = self.settings.pipeline.max_speech_chars
         if not req.input.strip():
             raise ClientError("'input' must not be empty.", param="input")
@@ -292,23 +239,26 @@ class _RestAPI:
             voice=voice or None, speed=req.speed, sample_rate=SPEECH_SAMPLE_RATE
         )
         encoder = open_encoder(req.response_format, SPEECH_SAMPLE_RATE)
-        frames = self._speech_frames(req.input, options)
+        caller = self._caller(request)
+        frames = self._speech_frames(
+            caller.tts() if caller else self.engines.tts, req.input, options
+        )
         try:
-            first = await _first(frames)
+            first = await first_item(frames)
         except BaseException:
             encoder.abort()
             raise
-        audio = _SpeechAudio(_resumed(first, frames), encoder)
+        audio = _SpeechAudio(resumed(first, frames), encoder)
         if req.stream_format == "sse":
             events = audio.events(estimate_tokens(req.input))
-            return _Stream(events, "text/event-stream", _SSE_HEADERS, owns=frames)
-        return _Stream(audio.chunks(), encoder.media_type, {"Cache-Control": "no-cache"}, frames)
+            return Stream(events, "text/event-stream", SSE_HEADERS, owns=frames)
+        return Stream(audio.chunks(), encoder.media_type, {"Cache-Control": "no-cache"}, frames)
 
     async def _speech_frames(
-        self, text: str, options: SpeechOptions
+        self, tts: TTS, text: str, options: SpeechOptions
     ) -> AsyncGenerator[Frame, None]:
         options = replace(options, stream=new_id("speech"))
-        async with aclosing(speak_text(self.engines.tts, text, options)) as spoken:
+        async with aclosing(speak_text(tts, text, options)) as spoken:
             async for item in spoken:
                 if isinstance(item, Frame):  # the clause marks are for truncation: not here
                     yield item
@@ -317,20 +267,22 @@ class _RestAPI:
 
     async def transcriptions(self, request: Request) -> Response:
         (name, data), params = await self._read_upload(request)
-        job = self._transcribe(name, data, params.language or None)
+        caller = self._caller(request)
+        asr = caller.asr() if caller is not None else self.engines.asr
+        job = self._transcribe(asr, name, data, params.language or None)
         # The turn, the decoder's header and first utterance come before the status, so a busy
         # server, a bad file or a failing recogniser is an HTTP error, not a broken stream.
-        items = _resumed(await _first(job), job)
+        items = resumed(await first_item(job), job)
         if params.stream:
             body = self._transcript_events(items)
-            return _Stream(body, "text/event-stream", _SSE_HEADERS, owns=job)
+            return Stream(body, "text/event-stream", SSE_HEADERS, owns=job)
         *pieces, end = [item async for item in items]
         assert isinstance(end, RecordingEnd)
         recognised = [p for p in pieces if isinstance(p, Recognised)]
         return self._transcription(recognised, params, end.duration_s)
 
     async def _transcribe(
-        self, name: str, data: bytes, language: str | None
+        self, asr: ASR, name: str, data: bytes, language: str | None
     ) -> AsyncGenerator[Recognised | RecordingEnd, None]:
         """The upload's utterances, then its end, in a turn (503 after ``turn_wait_s`` without)."""
         try:
@@ -348,7 +300,7 @@ class _RestAPI:
             recognised = transcribe_recording(
                 upload,
                 self.engines.vad,
-                self.engines.asr,
+                asr,
                 language=language,
                 threshold=turn.threshold,
                 silence_duration_ms=turn.silence_duration_ms,
@@ -371,7 +323,7 @@ class _RestAPI:
                 code=Code.INVALID_CONTENT_TYPE,
             )
         try:
-            form = await _limited(request, self.max_body_bytes).form(
+            form = await limited(request, self.max_body_bytes).form(
                 max_files=1, max_fields=64, max_part_size=256 * 1024
             )
         except HTTPException as exc:  # malformed multipart
@@ -463,11 +415,12 @@ class _RestAPI:
     # /v1/chat/completions --------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        raw = await _limited(request, self.max_body_bytes).body()
+        raw = await limited(request, self.max_body_bytes).body()
         req = ChatCompletionRequest.model_validate_json(raw)
         chat = chat_request(req, vision=self.engines.llm.supports_vision)
-        events = self.engines.llm.stream(chat)
-        first = await _first(events)
+        caller = self._caller(request)
+        events = caller.stream_llm(chat) if caller is not None else self.engines.llm.stream(chat)
+        first = await first_item(events)
         completion = Completion(
             id=f"chatcmpl-{secrets.token_hex(12)}",
             model=req.model,
@@ -477,9 +430,9 @@ class _RestAPI:
         if req.stream:
             usage = req.stream_options is not None and req.stream_options.include_usage
             body = completion.chunks(events, first, include_usage=usage)
-            return _Stream(body, "text/event-stream", _SSE_HEADERS, owns=events)
+            return Stream(body, "text/event-stream", SSE_HEADERS, owns=events)
         reply = Reply()
-        async for event in _resumed(first, events):
+        async for event in resumed(first, events):
             reply.add(event)
         return JSONResponse(completion.whole(reply))
 
