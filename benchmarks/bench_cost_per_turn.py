@@ -120,11 +120,15 @@ async def run(turns: int, history_tokens: int) -> None:
     for turn, cost, tokens in rows:
         if turn in (1, 5, 10, 20, 30, 40, 50):
             print(f"| {turn} | {cost:.6f} | {tokens} |")
-    late = [c for t, c, _ in rows if t > 10]
-    if late:
+    # Once the history budget is full (input within 5% of its peak), the cost is flat.
+    peak = max(tokens for _, _, tokens in rows)
+    full = [(t, c) for t, c, tokens in rows if tokens >= 0.95 * peak]
+    if full:
+        costs = [c for _, c in full]
         print(
-            f"turns 11-{turns}: cost min {min(late):.6f}, max {max(late):.6f}, "
-            f"mean {statistics.mean(late):.6f} USD"
+            f"turns {full[0][0]}-{turns} (history budget full): cost min {min(costs):.6f}, "
+            f"max {max(costs):.6f}, mean {statistics.mean(costs):.6f} USD "
+            f"(spread {100 * (max(costs) - min(costs)) / statistics.mean(costs):.1f}%)"
         )
     print(
         f"control plane per turn: p50 {pct(per_turn, 0.5):.3f} ms, "

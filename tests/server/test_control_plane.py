@@ -24,7 +24,7 @@ import pytest
 
 from tests.fakes.llm_http import FakeLLMServer
 from tests.server.conftest import ROOT, Server, start_server, stop_server
-from tests.server.realtime_client import Client
+from tests.server.realtime_client import Client, speech_24k
 from tests.server.test_auth import cli, new_key
 
 ADMIN = "operator-secret-token"
@@ -66,7 +66,7 @@ def start_plane(tmp: Path, cloud: FakeLLMServer, *tenants: str) -> Plane:
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     tmp = tmp_path_factory.mktemp("plane")
     with FakeLLMServer() as cloud:
-        p = start_plane(tmp, cloud, "globex", "acme", "capped")
+        p = start_plane(tmp, cloud, "globex", "acme", "capped", "soft", "voice")
         yield p
         stop_server(p.server)
 
@@ -258,6 +258,47 @@ async def test_control_hard_budget_refuses_before_any_engine_call(plane: Plane) 
     assert caught.value.code == "insufficient_quota"
     assert caught.value.body["type"] == "insufficient_quota"  # type: ignore[index]
     assert len(plane.cloud.requests) == before
+
+
+async def test_control_soft_limit_warns_once(plane: Plane) -> None:
+    cli(
+        plane.db, "budgets", "set", "--tenant", "soft", "--limit-usd", "5", "--soft-usd", "0.0001"
+    )
+    client, (manager, conn) = await session(plane, "soft")
+    try:
+        s = Session(conn)
+        for text in ("Hello.", "Hello again.", "And once more."):
+            done = await s.ask(text)
+            assert done["type"] == "response.done"
+            assert done["response"]["status"] == "completed"
+    finally:
+        await manager.__aexit__(None, None, None)
+        await client.close()
+    warnings = [e for e in s.events if e["type"] == "parley.budget.warning"]
+    assert len(warnings) == 1, warnings
+    assert "soft limit" in warnings[0]["message"]
+
+
+async def test_control_spoken_turn_is_metered_by_its_audio(
+    plane: Plane, clips: dict[str, Any]
+) -> None:
+    clip = clips["en_librivox_0870"]
+    client, (manager, conn) = await session(plane, "voice")
+    try:
+        s = Session(conn)
+        pcm = speech_24k(clip.path)
+        await Client(conn).append(pcm)
+        done = await s.until("response.done")
+        assert done["response"]["status"] == "completed"
+    finally:
+        await manager.__aexit__(None, None, None)
+        await client.close()
+    asr = ledger(plane.db, "WHERE tenant = 'voice' AND stage = 'asr'")
+    assert len(asr) == 1 and asr[0]["outcome"] == "ok"
+    heard = asr[0]["audio_in_s"]
+    assert 0.6 * clip.duration_s < heard < 1.5 * clip.duration_s, (heard, clip.duration_s)
+    assert asr[0]["cost_nusd"] == pytest.approx(heard * 100_000, abs=2)  # $0.0001 a second
+    assert asr[0]["session_id"].startswith("sess_")
 
 
 async def test_control_concurrent_requests_never_overspend_a_hard_limit(plane: Plane) -> None:
