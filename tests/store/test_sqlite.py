@@ -192,3 +192,12 @@ def test_sqlite_parent_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot open database"):
         Database(blocker / "parley.db")
+
+
+def test_sqlite_url_opens_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "parley.db"
+    with Database(path, migrations=NOTES) as db:
+        db.execute("INSERT INTO notes (body) VALUES ('by path')")
+    with Database(f"sqlite:///{path}", migrations=NOTES) as db:
+        assert (db.dialect, db.path, db.url) == ("sqlite", str(path), f"sqlite:///{path}")
+        assert [r["body"] for r in db.query("SELECT body FROM notes")] == ["by path"]
