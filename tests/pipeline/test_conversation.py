@@ -9,7 +9,7 @@ import pytest
 
 from parley.audio.frames import Frame
 from parley.engines.base import ToolSpec
-from parley.errors import BadAudioError, ClientError
+from parley.errors import BadAudioError, ClientError, EngineError
 from parley.pipeline import (
     InputCommitted,
     Pipeline,
@@ -256,3 +256,21 @@ async def test_pipeline_trailing_silence_is_not_recognised_but_pauses_are() -> N
     # Both stretches of speech and the whole pause reach the recogniser (held audio is released
     # when speech resumes), but at most ~200 ms (+ one packet) of the trailing silence does.
     assert 400 + 300 + 400 <= fed_ms <= 400 + 300 + 400 + 200 + 64
+
+
+async def test_pipeline_recogniser_failing_mid_turn_does_not_wedge_settle() -> None:
+    """A recogniser that fails while the caller is still speaking ends its turn's recognition
+    early; the turn closes later, and waiting for the pipeline to settle must still return."""
+    from parley.engines.registry import Engines
+    from tests.fakes.flaky import FlakyASR
+
+    engines, _, _, tts = fake_engines()
+    failing = FlakyASR(error=EngineError("recogniser died"), error_after=3)
+    engines = Engines(vad=engines.vad, asr=failing, llm=engines.llm, tts=tts)
+    events: list[PipelineEvent] = []
+    async with Pipeline(engines, fake_settings(), sink=events.append) as p:
+        await feed(p, [tone(1500), silence(1000)])
+        await asyncio.wait_for(p.settle(), 5)
+    errors = [e for e in events if isinstance(e, StageError)]
+    assert len(errors) == 1 and errors[0].stage == "asr"
+    assert not p.listener.closed

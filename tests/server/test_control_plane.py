@@ -261,9 +261,7 @@ async def test_control_hard_budget_refuses_before_any_engine_call(plane: Plane) 
 
 
 async def test_control_soft_limit_warns_once(plane: Plane) -> None:
-    cli(
-        plane.db, "budgets", "set", "--tenant", "soft", "--limit-usd", "5", "--soft-usd", "0.0001"
-    )
+    cli(plane.db, "budgets", "set", "--tenant", "soft", "--limit-usd", "5", "--soft-usd", "0.0001")
     client, (manager, conn) = await session(plane, "soft")
     try:
         s = Session(conn)

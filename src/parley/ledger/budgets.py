@@ -174,7 +174,7 @@ def _budget(row: Any, now: float | None = None) -> Budget:
 def _describe(budget: Budget) -> str:
     who = f"tenant {budget.tenant!r}" + (f", key {budget.key_id}" if budget.key_id else "")
     period = {"day": "daily", "month": "monthly", "total": "total"}[budget.period]
-    return f"the {period} budget of {who} (${budget.limit_usd:.2f})"
+    return f"the {period} budget of {who} (${budget.limit_usd:g})"
 
 
 class Budgets:

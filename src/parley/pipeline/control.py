@@ -68,6 +68,7 @@ ASR_RESERVE_S = 30.0
 _IMAGE_BOUND_TOKENS = 1500
 _MESSAGE_BOUND_TOKENS = 8
 _DEFAULT_MAX_OUTPUT = 4096
+_SCANNED_ROLES = ("user", "tool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,9 @@ class CallerControl:
     async def stream_llm(self, request: ChatRequest) -> AsyncGenerator[LLMEvent, None]:
         """A stateless LLM call (REST): routed on the request's own user messages, reserved at
         its first step, settled and recorded when it ends however it ends."""
-        texts = [(str(i), m.text) for i, m in enumerate(request.messages) if m.role == "user"]
+        texts = [
+            (str(i), m.text) for i, m in enumerate(request.messages) if m.role in _SCANNED_ROLES
+        ]
         plan = self.plan(request, texts)
         try:
             async with contextlib.aclosing(plan.llm.stream(request)) as events:
@@ -589,5 +592,8 @@ class MeteredASR:
 
 
 def texts_of(items: Sequence[Any]) -> list[tuple[str, str]]:
-    """``(item id, text)`` of the user messages among history items."""
-    return [(i.id, i.message.text) for i in items if i.message.role == "user" and i.message.text]
+    """``(item id, text)`` of the messages whose data routing looks at: the user's, and tool
+    outputs (a tool may return a customer's card number as well as a caller may say it)."""
+    return [
+        (i.id, i.message.text) for i in items if i.message.role in _SCANNED_ROLES and i.message.text
+    ]

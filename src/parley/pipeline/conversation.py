@@ -204,7 +204,9 @@ class Pipeline:
             await asyncio.wait([caught_up, turn.task], return_when=asyncio.FIRST_COMPLETED)
             caught_up.cancel()
         while True:
-            pending = [t.task for t in self.listener.closed if t.task is not None]
+            pending = [
+                t.task for t in self.listener.closed if t.task is not None and not t.task.done()
+            ]
             pending += self._answers
             current = self.responder.current
             if current is not None and current.task is not None:

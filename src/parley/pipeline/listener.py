@@ -392,7 +392,8 @@ class Listener:
 
     def _close(self, turn: Turn) -> None:
         turn.audio.put_nowait(None)
-        self.closed.append(turn)
+        if turn.task is None or not turn.task.done():  # its recogniser may have ended early
+            self.closed.append(turn)
         self._on_closed(turn)
         audio_ms = 1000.0 * turn.samples / self.asr.sample_rate
         self._emit(InputCommitted(turn.id, turn.item_id, audio_ms))

@@ -172,6 +172,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             period_start    DOUBLE PRECISION NOT NULL, -- unix seconds (UTC) the period began
             spent_nusd      BIGINT NOT NULL DEFAULT 0,
             reserved_nusd   BIGINT NOT NULL DEFAULT 0,
+            soft_warned_at  DOUBLE PRECISION,          -- this period's soft warning; NULL: none
             created_at      DOUBLE PRECISION NOT NULL,
             UNIQUE (tenant, key_id)
         );
