@@ -162,3 +162,20 @@ async def test_control_asr_audio_is_reserved_as_it_is_fed(database: Database) ->
     assert sum(asr.utterances) <= 30 * asr.sample_rate
     spent, reserved = budget_state(database, "acme")
     assert reserved == 0 and spent == record.cost_nusd
+
+
+async def test_control_silent_engine_times_out_to_the_next(database: Database) -> None:
+    """No first token within first_token_timeout_ms (500 here): the same reply goes on."""
+    local = fake_engines()[2]
+    cloud = FlakyLLM(name="openai", hang_after=0)
+    control, _ = plane(database, cloud, local)
+    events: list[PipelineEvent] = []
+    async with Pipeline(
+        control.engines, fake_settings(), sink=events.append, control=control, caller=Caller("acme")
+    ) as p:
+        done = await reply(p, "Hello?", events)
+    assert done.status == "completed" and done.text.startswith("Hello there")
+    assert cloud.closed == 1  # the hung stream was closed, not leaked
+    llm = [r for r in Ledger(database).records(tenant="acme") if r.stage == "llm"]
+    assert [(r.engine, r.outcome) for r in llm] == [("cloud", "failed_over"), ("local", "ok")]
+    assert 450 <= (llm[0].latency_ms or 0) < 2000

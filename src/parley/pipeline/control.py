@@ -117,6 +117,12 @@ class ControlPlane:
     ) -> CallerControl:
         return CallerControl(self, caller, warn)
 
+    def timeout_for(self, chain: Sequence[tuple[str, Any]]) -> float | None:
+        """The failover timeout of a chain: ``first_token_timeout_ms`` where there is another
+        engine to fail over to; none for an engine alone (a timeout would only turn a slow
+        answer into no answer)."""
+        return self.timeout_s if len(chain) > 1 else None
+
     def chain(self, stage: Stage, names: Sequence[str]) -> list[tuple[str, Any]]:
         """``(name, engine)`` for each instance name; none: the configured engine alone."""
         if not names:
@@ -160,6 +166,7 @@ class CallerControl:
         self._warn = warn
         self._warned = False
         self.sticky: str | None = None
+        self.language: str | None = None  # the session's language, for routes on it
         self._scanned: dict[str, str] = {}
         self.route = "default" if plane.policy is not None else ""
 
@@ -231,6 +238,7 @@ class CallerControl:
             key_id=self.caller.key_id,
             text="\n".join(fresh),
             sticky_route=self.sticky,
+            language=self.language,
         )
         if not commit:
             return dict(decision.chains)
@@ -358,7 +366,12 @@ class ResponsePlan:
     def __post_init__(self) -> None:
         plane = self.control.plane
         self.llm = MeteredLLM(
-            self, LLMChain(self.llm_chain, plane.breaker, first_token_timeout_s=plane.timeout_s)
+            self,
+            LLMChain(
+                self.llm_chain,
+                plane.breaker,
+                first_token_timeout_s=plane.timeout_for(self.llm_chain),
+            ),
         )
         self.tts = MeteredTTS(self.control, self.tts_chain, self.response_id, self.records)
 
@@ -448,7 +461,8 @@ class MeteredTTS:
     ) -> None:
         self.control = control
         self.engines = chain
-        self.chain = TTSChain(chain, control.plane.breaker, first_audio_timeout_s=None)
+        plane = control.plane
+        self.chain = TTSChain(chain, plane.breaker, first_audio_timeout_s=plane.timeout_for(chain))
         self.name = chain[0][1].name
         self.response_id = response_id
         self.records = records
@@ -507,7 +521,8 @@ class MeteredASR:
         self.name = first.name
         self.sample_rate = first.sample_rate
         self.languages = languages_of(first)
-        self.chain = ASRChain(chain, control.plane.breaker, timeout_s=None)
+        plane = control.plane
+        self.chain = ASRChain(chain, plane.breaker, timeout_s=plane.timeout_for(chain))
 
     def _bound(self, seconds: float) -> int:
         return self.control.bound("asr", self.engines, Units(audio_in_s=seconds))

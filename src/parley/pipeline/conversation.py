@@ -157,6 +157,8 @@ class Pipeline:
         partial transcripts only when ``partials`` (someone reads them)."""
         self.listener.language = language or self.settings.asr.language
         self.listener.partials = partials
+        if self.control is not None:
+            self.control.language = self.listener.language
 
     def set_input_rate(self, rate: int) -> None:
         """Input audio comes at ``rate`` from now on (the client changed its audio format)."""
