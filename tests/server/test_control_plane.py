@@ -255,9 +255,16 @@ async def test_control_hard_budget_refuses_before_any_engine_call(plane: Plane) 
             await rest.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
             )
-    assert caught.value.code == "insufficient_quota"
-    assert caught.value.body["type"] == "insufficient_quota"  # type: ignore[index]
+        with pytest.raises(openai.RateLimitError) as spoken:
+            await rest.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.")
+        clip = ROOT.parent / "shared" / "speech" / "en_jfk_wav.wav"
+        with pytest.raises(openai.RateLimitError) as heard, clip.open("rb") as audio:
+            await rest.audio.transcriptions.create(model="whisper-1", file=audio)
+    for refusal in (caught, spoken, heard):
+        assert refusal.value.code == "insufficient_quota"
+        assert refusal.value.body["type"] == "insufficient_quota"  # type: ignore[index]
     assert len(plane.cloud.requests) == before
+    assert not ledger(plane.db, "WHERE tenant = 'capped'")  # no engine was called
 
 
 async def test_control_soft_limit_warns_once(plane: Plane) -> None:
