@@ -135,41 +135,12 @@ def race_threads(where: str) -> tuple[int, int, float]:
         return budget.spent_nusd, sum(r for _, r in results), wall
 
 
-RACER = """
-import json, sys, time
-from parley.errors import InsufficientQuotaError
-from parley.ledger import Budgets
-from parley.store import Database
-where, tenant, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
-bound, actual, calls = map(int, sys.argv[4:])
-made = refused = 0
-with Database(where) as db:
-    budgets = Budgets(db)
-    time.sleep(max(0.0, go - time.time()))
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        try:
-            r = budgets.reserve(tenant, "key_1", bound)
-        except InsufficientQuotaError:
-            refused += 1
-            continue
-        budgets.settle(r, actual)
-        made += 1
-print(json.dumps([made, refused, time.perf_counter() - t0]))
-"""
-
-
 def race_processes(where: str) -> tuple[int, int, float]:
     with Database(where) as db:
         Budgets(db).set("race-processes", limit_usd=1.0)
     go = time.time() + 3.0
-    args = ["race-processes", str(go), str(BOUND), str(ACTUAL), str(CALLS)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, where, *args], stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(RACERS)
-    ]
+    racer = [sys.executable, __file__, "--racer", where, "race-processes", str(go)]
+    procs = [subprocess.Popen(racer, stdout=subprocess.PIPE, text=True) for _ in range(RACERS)]
     refused, wall = 0, 0.0
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
@@ -180,7 +151,21 @@ def race_processes(where: str) -> tuple[int, int, float]:
     return budget.spent_nusd, refused, wall
 
 
+def racer_process(where: str, tenant: str, go: float) -> None:
+    """One racing process (``--racer``): :func:`race_step` on a Database of its own, started
+    at ``go`` with the others; prints ``[made, refused, wall s]``."""
+    with Database(where) as db:
+        budgets = Budgets(db)
+        time.sleep(max(0.0, go - time.time()))
+        t0 = time.perf_counter()
+        made, refused = race_step(budgets, tenant)
+        print(json.dumps([made, refused, time.perf_counter() - t0]))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--racer"]:
+        racer_process(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=2000)
     parser.add_argument("--database", help="a path or postgresql:// URL (default: a temp file)")
