@@ -179,3 +179,22 @@ async def test_control_silent_engine_times_out_to_the_next(database: Database) -
     llm = [r for r in Ledger(database).records(tenant="acme") if r.stage == "llm"]
     assert [(r.engine, r.outcome) for r in llm] == [("cloud", "failed_over"), ("local", "ok")]
     assert 450 <= (llm[0].latency_ms or 0) < 2000
+
+
+async def test_control_every_engine_failing_fails_the_reply_and_charges_nothing(
+    database: Database,
+) -> None:
+    cloud = FlakyLLM(name="openai", error=EngineError("HTTP 503"))
+    local = FlakyLLM(name="faq", error=EngineError("crashed"))
+    control, _ = plane(database, cloud, local)
+    Budgets(database).set("acme", limit_usd=10)
+    events: list[PipelineEvent] = []
+    async with Pipeline(
+        control.engines, fake_settings(), sink=events.append, control=control, caller=Caller("acme")
+    ) as p:
+        done = await reply(p, "Hello?", events)
+    assert done.status == "failed" and done.error is not None
+    assert done.error.code == "engine_unavailable"
+    outcomes = {r.outcome for r in Ledger(database).records(tenant="acme") if r.stage == "llm"}
+    assert "cancelled" not in outcomes and outcomes <= {"failed_over", "error"}
+    assert budget_state(database, "acme") == (0, 0)

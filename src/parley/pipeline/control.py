@@ -291,7 +291,9 @@ class CallerControl:
     def tts(self, response_id: str = "") -> MeteredTTS:
         policy = self.plane.policy
         names = policy.default.tts or () if policy is not None else ()
-        return MeteredTTS(self, self.plane.chain("tts", tuple(names)), response_id, [])
+        return MeteredTTS(
+            self, self.plane.chain("tts", tuple(names)), response_id, [], standalone=True
+        )
 
     def record(
         self,
@@ -360,7 +362,6 @@ class ResponsePlan:
     tts_chain: list[tuple[str, Any]]
     records: list[UsageRecord] = field(default_factory=list)
     _llm_hold: Reservation | None = None
-    _llm_units: Units | None = None
     _closed: bool = False
 
     def __post_init__(self) -> None:
@@ -422,6 +423,7 @@ class MeteredLLM:
                 units = Units()
             plan.records.append(control.record(attempt, units, response_id=plan.response_id))
 
+        ended = False  # the chain finished or raised (else: closed or cancelled mid-stream)
         try:
             async with contextlib.aclosing(self.chain.stream(request, report=report)) as events:
                 async for event in events:
@@ -430,8 +432,12 @@ class MeteredLLM:
                     elif isinstance(event, TextDelta):
                         text.append(event.text)
                     yield event
+            ended = True
+        except Exception:
+            ended = True
+            raise
         finally:
-            if not any(a.outcome in ("ok", "error") for a in reported):
+            if not ended and not any(a.outcome in ("ok", "error") for a in reported):
                 # Cancelled (barge-in) mid-stream: the engine that was answering still worked.
                 failed = {a.engine for a in reported}
                 engine = next((n for n, _ in plan.llm_chain if n not in failed), plan.engine)
@@ -458,6 +464,8 @@ class MeteredTTS:
         chain: list[tuple[str, Any]],
         response_id: str,
         records: list[UsageRecord],
+        *,
+        standalone: bool = False,
     ) -> None:
         self.control = control
         self.engines = chain
@@ -466,7 +474,7 @@ class MeteredTTS:
         self.name = chain[0][1].name
         self.response_id = response_id
         self.records = records
-        self._standalone = not records and response_id == ""
+        self._standalone = standalone  # no response to write its records: each call writes
 
     def voices(self) -> Sequence[Voice]:
         tts: TTS = self.engines[0][1]
