@@ -186,4 +186,98 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         CREATE INDEX budget_reservations_expiry ON budget_reservations (expires_at);
         """,
     ),
+    Migration(
+        4,
+        "watermark_marks",
+        # The payload a watermark carries is a 32-bit id; this table resolves it.
+        """
+        CREATE TABLE watermark_marks (
+            id              BIGINT PRIMARY KEY,        -- the payload, 0 .. 2**32 - 1
+            tenant          TEXT NOT NULL,
+            response_id     TEXT NOT NULL DEFAULT '',  -- resp_... / speech_... / say_...
+            created_at      DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        5,
+        "audit_log",
+        # Append-only: each record is a leaf of an RFC 6962 Merkle tree; checkpoints are
+        # Ed25519-signed notes (C2SP tlog-checkpoint) of a tree size and root.
+        """
+        CREATE TABLE audit_log (
+            seq             BIGINT PRIMARY KEY,        -- the leaf index, 0-based, no gaps
+            id              TEXT NOT NULL UNIQUE,      -- aud_...
+            time            DOUBLE PRECISION NOT NULL,
+            kind            TEXT NOT NULL,             -- key.created, session.opened, ...
+            tenant          TEXT NOT NULL DEFAULT '',
+            data            TEXT NOT NULL,             -- canonical JSON of the record
+            leaf_hash       TEXT NOT NULL              -- hex SHA-256(0x00 || leaf bytes)
+        );
+        CREATE TABLE audit_checkpoints (
+            tree_size       BIGINT PRIMARY KEY,
+            root_hash       TEXT NOT NULL,             -- hex
+            note            TEXT NOT NULL,             -- the signed note, as published
+            created_at      DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        6,
+        "voice_consents_custom_voices",
+        """
+        CREATE TABLE voice_consents (
+            id              TEXT PRIMARY KEY,          -- cons_...
+            tenant          TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            language        TEXT NOT NULL,             -- BCP 47
+            recording       BLOB NOT NULL,           -- the consent recording as uploaded
+            recording_type  TEXT NOT NULL DEFAULT '',  -- its file name / format
+            transcript      TEXT NOT NULL DEFAULT '',  -- what the recogniser heard
+            embedding       BLOB,                    -- the speaker embedding (float32)
+            created_at      DOUBLE PRECISION NOT NULL,
+            deleted_at      DOUBLE PRECISION
+        );
+        CREATE INDEX voice_consents_tenant ON voice_consents (tenant);
+        CREATE TABLE custom_voices (
+            id              TEXT PRIMARY KEY,          -- voice_...
+            tenant          TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            consent_id      TEXT NOT NULL REFERENCES voice_consents (id),
+            sample          BLOB NOT NULL,           -- the audio sample (<= 30 s)
+            sample_type     TEXT NOT NULL DEFAULT '',
+            embedding       BLOB,
+            created_at      DOUBLE PRECISION NOT NULL,
+            deleted_at      DOUBLE PRECISION          -- deleted, or its consent was
+        );
+        CREATE INDEX custom_voices_tenant ON custom_voices (tenant);
+        """,
+        postgresql="""
+        CREATE TABLE voice_consents (
+            id              TEXT PRIMARY KEY,          -- cons_...
+            tenant          TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            language        TEXT NOT NULL,             -- BCP 47
+            recording       BYTEA NOT NULL,           -- the consent recording as uploaded
+            recording_type  TEXT NOT NULL DEFAULT '',  -- its file name / format
+            transcript      TEXT NOT NULL DEFAULT '',  -- what the recogniser heard
+            embedding       BYTEA,                    -- the speaker embedding (float32)
+            created_at      DOUBLE PRECISION NOT NULL,
+            deleted_at      DOUBLE PRECISION
+        );
+        CREATE INDEX voice_consents_tenant ON voice_consents (tenant);
+        CREATE TABLE custom_voices (
+            id              TEXT PRIMARY KEY,          -- voice_...
+            tenant          TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            consent_id      TEXT NOT NULL REFERENCES voice_consents (id),
+            sample          BYTEA NOT NULL,           -- the audio sample (<= 30 s)
+            sample_type     TEXT NOT NULL DEFAULT '',
+            embedding       BYTEA,
+            created_at      DOUBLE PRECISION NOT NULL,
+            deleted_at      DOUBLE PRECISION          -- deleted, or its consent was
+        );
+        CREATE INDEX custom_voices_tenant ON custom_voices (tenant);
+        """,
+    ),
 )
