@@ -107,6 +107,12 @@ class Code(StrEnum):
     MISSING_API_KEY = "missing_api_key"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     INSUFFICIENT_QUOTA = "insufficient_quota"  # past a hard budget (OpenAI's own code)
+    # Voice consents and custom voices.
+    CONSENT_PHRASE_MISMATCH = "consent_phrase_mismatch"
+    SPEAKER_MISMATCH = "speaker_mismatch"
+    VOICE_LIMIT_REACHED = "voice_limit_reached"
+    SPEAKER_VERIFICATION_UNAVAILABLE = "speaker_verification_unavailable"
+    VOICE_ENGINE_UNAVAILABLE = "voice_engine_unavailable"
     # The session ends.
     SESSION_EXPIRED = "session_expired"
     SESSION_REVOKED = "session_revoked"
