@@ -1,0 +1,1 @@
+"""Trust: consent for cloned voices, speaker verification, watermarks, the audit log."""
