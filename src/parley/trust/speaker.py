@@ -208,9 +208,10 @@ class ResemblyzerVerifier:
         mel = _mel_frames(wav)
         mels = np.stack([mel[s] for s in slices])
         with self._lock, torch.inference_mode():
-            partials = self.model(torch.from_numpy(mels)).numpy()
+            partials: Embedding = self.model(torch.from_numpy(mels)).numpy()
         raw = partials.mean(axis=0)
-        return (raw / np.linalg.norm(raw)).astype(np.float32)
+        unit: Embedding = (raw / np.linalg.norm(raw)).astype(np.float32)
+        return unit
 
 
 def _encoder(state: dict[str, torch.Tensor]) -> Any:
@@ -226,7 +227,8 @@ def _encoder(state: dict[str, torch.Tensor]) -> Any:
         def forward(self, mels: torch.Tensor) -> torch.Tensor:
             _, (hidden, _) = self.lstm(mels)
             raw = torch.relu(self.linear(hidden[-1]))
-            return raw / torch.norm(raw, dim=1, keepdim=True)
+            unit: torch.Tensor = raw / torch.norm(raw, dim=1, keepdim=True)
+            return unit
 
     model = VoiceEncoder()
     # The checkpoint also holds the training-time similarity weight and bias: not needed.
