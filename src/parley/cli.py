@@ -31,6 +31,7 @@ from parley.commands import (
     run_transcribe,
     run_voices,
 )
+from parley.commands.audit import add_audit_parser
 from parley.commands.policy import add_policy_parser
 from parley.commands.usage import add_usage_parsers
 from parley.config import PROFILES
@@ -204,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_usage_parsers(sub, common)
     add_policy_parser(sub, common)
+    add_audit_parser(sub, common)
     return parser
 
 

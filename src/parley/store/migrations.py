@@ -212,7 +212,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             kind            TEXT NOT NULL,             -- key.created, session.opened, ...
             tenant          TEXT NOT NULL DEFAULT '',
             data            TEXT NOT NULL,             -- canonical JSON of the record
-            leaf_hash       TEXT NOT NULL              -- hex SHA-256(0x00 || leaf bytes)
+            leaf_hash       TEXT NOT NULL,             -- hex SHA-256(0x00 || leaf bytes)
+            signature       TEXT NOT NULL              -- base64 Ed25519 over the leaf hash
         );
         CREATE TABLE audit_checkpoints (
             tree_size       BIGINT PRIMARY KEY,
