@@ -193,6 +193,17 @@ class ConsentStore:
         )
         return [_consent(row) for row in rows[:limit]], len(rows) > limit
 
+    def recording(self, consent_id: str) -> bytes:
+        """The live consent's recording as uploaded (NotFoundError on ``consent``)."""
+        rows = self.db.query(
+            "SELECT recording FROM voice_consents"
+            " WHERE id = :id AND tenant = :tenant AND deleted_at IS NULL",
+            {"id": consent_id, "tenant": self.tenant},
+        )
+        if not rows:
+            raise _consent_not_found(consent_id, "consent")
+        return bytes(rows[0]["recording"])
+
     def rename(self, consent_id: str, name: str) -> Consent:
         changed = self.db.execute(
             "UPDATE voice_consents SET name = :name"
