@@ -34,6 +34,7 @@ from parley.commands import (
 from parley.commands.audit import add_audit_parser
 from parley.commands.policy import add_policy_parser
 from parley.commands.usage import add_usage_parsers
+from parley.commands.watermark import add_watermark_parser
 from parley.config import PROFILES
 from parley.errors import ClientError, ParleyError
 
@@ -206,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     add_usage_parsers(sub, common)
     add_policy_parser(sub, common)
     add_audit_parser(sub, common)
+    add_watermark_parser(sub, common)
     return parser
 
 

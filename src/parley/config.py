@@ -50,6 +50,8 @@ _STRING_FIELDS = frozenset(
         "admin_token",
         "database",
         "file",
+        "watermark_key_file",
+        "watermark_key",
     }
 )
 
@@ -141,6 +143,14 @@ class PolicySettings(_Section):
     file: Path | None = None
 
 
+class TrustSettings(_Section):
+    # Every synthesised sample carries a keyed watermark (docs/trust.md); off only by choice.
+    watermark: bool = True
+    # The key, created 0600 on first start; watermark_key (64 hex digits) wins over the file.
+    watermark_key_file: Path = Path("parley-watermark.key")
+    watermark_key: str | None = None
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -185,6 +195,7 @@ class Settings(_Section):
     tts: TTSSettings = Field(default_factory=TTSSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
     log_level: str = "INFO"
 
     @model_validator(mode="before")

@@ -155,10 +155,10 @@ def _pattern(key: bytes) -> _Pattern:
     rng = np.random.default_rng(int.from_bytes(seed, "big"))
     chips = rng.choice(np.array([-1.0, 1.0]), size=(PERIOD, N_BANDS))
     order = rng.permutation(PERIOD * N_BANDS)
-    bit_of = np.full(PERIOD * N_BANDS, -1, np.int64)
+    flat = np.full(PERIOD * N_BANDS, -1, np.int64)
     n_data = CODED_BITS * REPEATS
-    bit_of[order[:n_data]] = np.arange(n_data) % CODED_BITS
-    bit_of = bit_of.reshape(PERIOD, N_BANDS)
+    flat[order[:n_data]] = np.arange(n_data) % CODED_BITS
+    bit_of = flat.reshape(PERIOD, N_BANDS)
     mask = int(rng.integers(0, 2**PAYLOAD_BITS))
     pattern = _Pattern(chips, bit_of < 0, bit_of, mask)
     _PATTERNS[key] = pattern
@@ -394,7 +394,8 @@ def _residual(tiles: Array) -> Array:
     residual[loud < floor] = 0.0
     scale = float(np.median(np.abs(residual[loud >= floor]))) if np.any(loud >= floor) else 1.0
     limit = 4.0 * max(scale, 1e-6)
-    return np.clip(residual, -limit, limit)
+    clipped: Array = np.clip(residual, -limit, limit)
+    return clipped
 
 
 def _offsets(pattern: _Pattern, folded: Array) -> list[_Candidate]:
