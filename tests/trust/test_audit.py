@@ -216,7 +216,7 @@ def test_audit_note_format_and_key(signer: AuditSigner) -> None:
     body, sig_line = note.split("\n\n")
     assert body == f"example.com/log\n42\n{base64.b64encode(root).decode()}"
     assert sig_line.startswith("\u2014 parley-audit ") and sig_line.endswith("\n")
-    name, key_id, key = signer.public_key_text().split("+")
+    name, key_id, key = signer.public_key_text().split("+", 2)
     raw_key = base64.b64decode(key)
     assert name == "parley-audit" and raw_key[0] == 1 and len(raw_key) == 33
     expected_id = hashlib.sha256(b"parley-audit\n\x01" + raw_key[1:]).digest()[:4]
