@@ -149,6 +149,9 @@ class TrustSettings(_Section):
     # The key, created 0600 on first start; watermark_key (64 hex digits) wins over the file.
     watermark_key_file: Path = Path("parley-watermark.key")
     watermark_key: str | None = None
+    # The audit log's Ed25519 signing key (PEM), created 0600 on first use; `parley audit key`
+    # prints its public half.
+    audit_key_file: Path = Path("parley-audit.key")
 
 
 class ServerSettings(_Section):
