@@ -41,23 +41,25 @@ def watermark_route(
     """The route; ``resolve`` maps a payload id to ``{"tenant", "response_id", "time"}``."""
 
     async def detect_endpoint(request: Request) -> Response:
-        form = await request.form()
-        file = form.get("file")
-        if file is None:
-            raise ClientError(
-                "Missing required parameter: 'file'.",
-                param="file",
-                code=Code.MISSING_REQUIRED_PARAMETER,
+        async with request.form() as form:
+            file = form.get("file")
+            if file is None:
+                raise ClientError(
+                    "Missing required parameter: 'file'.",
+                    param="file",
+                    code=Code.MISSING_REQUIRED_PARAMETER,
+                )
+            if not isinstance(file, UploadFile):
+                raise ClientError(
+                    "'file' must be a file upload, not a text field.",
+                    param="file",
+                    code=Code.INVALID_TYPE,
+                )
+            data = await file.read()
+            name = file.filename or "file"
+            audio = await asyncio.to_thread(
+                decode_upload, data, name=name, max_duration_s=MAX_DETECT_S
             )
-        if not isinstance(file, UploadFile):
-            raise ClientError(
-                "'file' must be a file upload, not a text field.",
-                param="file",
-                code=Code.INVALID_TYPE,
-            )
-        data = await file.read()
-        name = file.filename or "file"
-        audio = await asyncio.to_thread(decode_upload, data, name=name, max_duration_s=MAX_DETECT_S)
         key = key_of()
         if key is None:
             return JSONResponse({"detected": False, "score": 0.0, "p_value": 1.0, "payload": None})
