@@ -81,18 +81,22 @@ def _words(text: str) -> list[str]:
 
 def word_distance(phrase: list[str], heard: list[str]) -> int:
     """The fewest word edits turning ``phrase`` into some contiguous run of ``heard`` (words
-    said before or after the phrase cost nothing)."""
-    previous = [0] * (len(heard) + 1)  # the phrase may start anywhere in what was heard
+    said before or after the phrase cost nothing). A compound written as two words, or two
+    words as one ("Stimmmodell" heard as "stimm modell"), costs nothing either."""
+    n = len(heard)
+    # rows[i][j]: phrase[:i] against a run of heard ending at j; it may start anywhere.
+    rows = [[0] * (n + 1)]
     for i, word in enumerate(phrase, 1):
-        current = [i] + [0] * len(heard)
+        prev, row = rows[-1], [i] + [0] * n
         for j, other in enumerate(heard, 1):
-            current[j] = min(
-                previous[j] + 1,  # a phrase word missing
-                current[j - 1] + 1,  # a word too many
-                previous[j - 1] + (word != other),
-            )
-        previous = current
-    return min(previous)  # ... and end anywhere
+            best = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (word != other))
+            if j >= 2 and heard[j - 2] + other == word:
+                best = min(best, prev[j - 2])
+            if i >= 2 and phrase[i - 2] + word == other:
+                best = min(best, rows[-2][j - 1])
+            row[j] = best
+        rows.append(row)
+    return min(rows[-1])  # ... and end anywhere
 
 
 def check_phrase(transcript: str, language: str, operator: str = DEFAULT_OPERATOR) -> None:
