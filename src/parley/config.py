@@ -152,6 +152,10 @@ class TrustSettings(_Section):
     # The audit log's Ed25519 signing key (PEM), created 0600 on first use; `parley audit key`
     # prints its public half.
     audit_key_file: Path = Path("parley-audit.key")
+    # Custom voices: who the consent phrase names ("... I consent to <operator_name> using this
+    # voice ..."), and how many live voices a tenant may have.
+    operator_name: str = Field("parley", min_length=1)
+    max_voices: int = Field(20, ge=0)
 
 
 class ServerSettings(_Section):
