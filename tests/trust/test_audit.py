@@ -210,6 +210,17 @@ def test_audit_checkpoint_every_t_seconds(database: Database, signer: AuditSigne
     assert log.checkpoint() == log.checkpoint()  # no growth: no new checkpoint
 
 
+def test_audit_rolled_back_append_leaves_no_trace(database: Database, signer: AuditSigner) -> None:
+    log = AuditLog(database, signer, every_records=1)
+    log.append("a")
+    with pytest.raises(RuntimeError), database.transaction():
+        log.append("b")  # signs a checkpoint at 2, then the caller's transaction rolls back
+        raise RuntimeError
+    log.append("c")
+    log.append("d")
+    assert log.verify().ok and log.verify().tree_size == 3
+
+
 def test_audit_note_format_and_key(signer: AuditSigner) -> None:
     root = hashlib.sha256(b"root").digest()
     note = signer.sign_note("example.com/log", 42, root)
@@ -272,6 +283,8 @@ def test_audit_cli(
     monkeypatch.chdir(tmp_path)  # the key file's default, parley-audit.key, lands here
     db_path = tmp_path / "a.db"
     db = ["--set", f"server.database={db_path}"]
+    assert main(["audit", "verify", *db]) == 2
+    assert "no audit key at parley-audit.key" in capsys.readouterr().err
     assert main(["audit", "key", *db]) == 0
     key_text = capsys.readouterr().out.strip()
     signer = AuditSigner.load_or_create(tmp_path / "parley-audit.key")

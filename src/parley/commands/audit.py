@@ -23,8 +23,6 @@ from parley.errors import ConfigError, NotFoundError
 
 __all__ = ["add_audit_parser", "run_audit"]
 
-DEFAULT_KEY_FILE = Path("parley-audit.key")
-
 
 def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``parley audit ACTION`` to the CLI's subparsers."""
@@ -65,17 +63,12 @@ def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     audit.set_defaults(run=run_audit)
 
 
-def _key_file(settings: Any) -> Path:
-    trust = getattr(settings, "trust", None)
-    return Path(getattr(trust, "audit_key_file", DEFAULT_KEY_FILE))
-
-
 async def run_audit(args: argparse.Namespace, console: Console) -> int:
     from parley.store import Database
     from parley.trust.audit import AuditLog, AuditSigner
 
     settings = settings_from(args)
-    key_file = _key_file(settings)
+    key_file = settings.trust.audit_key_file
     if args.action == "key":
         print(AuditSigner.load_or_create(key_file).public_key_text())
         return 0

@@ -268,8 +268,7 @@ class AuditLog:
         self._every_records = max(1, every_records)
         self._every_s = every_s
         self._clock = clock
-        # The tree over the leaves this process has read so far: leaves are never rewritten by
-        # us, so later checkpoints fold in only the leaves added since.
+        # The tree as of this process's last committed checkpoint.
         self._tree = CompactRange()
 
     @property
@@ -308,40 +307,54 @@ class AuditLog:
             else:
                 first = self._db.query("SELECT time FROM audit_log WHERE seq = 0")
                 since_size, since_time = 0, float(first[0]["time"])
+            grown = None
             if seq + 1 - since_size >= self._every_records or at - since_time >= self._every_s:
-                self._write_checkpoint()
+                _, grown = self._write_checkpoint()
+        if grown is not None:
+            self._tree = grown
         return record_id
 
     def checkpoint(self) -> str:
         """Sign a checkpoint if the tree grew since the last one; return the latest note."""
         with self._db.transaction():
-            return self._write_checkpoint()
+            note, grown = self._write_checkpoint()
+        if grown is not None:
+            self._tree = grown
+        return note
 
-    def _write_checkpoint(self) -> str:
-        """In a transaction: the latest note, after signing one at the current size if newer."""
+    def _write_checkpoint(self) -> tuple[str, CompactRange | None]:
+        """In a transaction: the latest note, after signing one at the current size if newer,
+        and the tree it signed, for the caller to cache once the transaction commits."""
         size = self._db.query("SELECT coalesce(max(seq) + 1, 0) FROM audit_log")[0][0]
         last = self._db.query(
             "SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1"
         )
         if last and int(last[0]["tree_size"]) >= size:
-            return str(last[0]["note"])
-        if self._tree.size > size:  # the database was replaced under us
-            self._tree = CompactRange()
+            return str(last[0]["note"]), None
+        # The tree over the leaves read so far: only those added since are read, unless its
+        # last leaf is no longer there (a caller's transaction around an append rolled back).
+        tree = self._tree.copy()
+        if tree.size:
+            last_leaf = self._db.query(
+                "SELECT leaf_hash FROM audit_log WHERE seq = :seq", {"seq": tree.size - 1}
+            )
+            if not last_leaf or last_leaf[0]["leaf_hash"] != tree.last_leaf.hex():
+                tree = CompactRange()
         for row in self._db.query(
             "SELECT seq, leaf_hash FROM audit_log WHERE seq >= :from ORDER BY seq",
-            {"from": self._tree.size},
+            {"from": tree.size},
         ):
-            if int(row["seq"]) != self._tree.size:
-                raise RuntimeError(f"audit log has a gap at index {self._tree.size}")
-            self._tree.append(bytes.fromhex(row["leaf_hash"]))
-        root = self._tree.root()
+            if int(row["seq"]) != tree.size:
+                raise RuntimeError(f"audit log has a gap at index {tree.size}")
+            tree.append(bytes.fromhex(row["leaf_hash"]))
+        root = tree.root()
         note = self._signer.sign_note(self._origin, size, root)
         self._db.execute(
             "INSERT INTO audit_checkpoints (tree_size, root_hash, note, created_at)"
             " VALUES (:size, :root, :note, :at)",
             {"size": size, "root": root.hex(), "note": note, "at": self._clock()},
         )
-        return note
+        return note, tree
 
     def latest_checkpoint(self) -> str | None:
         """The latest stored note, without signing a new one."""

@@ -95,15 +95,17 @@ class CompactRange:
     """The roots of the perfect subtrees that make up a tree of ``size`` leaves, largest first;
     :meth:`append` adds a leaf hash, :meth:`root` is the tree's MTH."""
 
-    __slots__ = ("_nodes", "size")
+    __slots__ = ("_nodes", "last_leaf", "size")
 
     def __init__(self) -> None:
         self.size = 0
+        self.last_leaf = b""
         self._nodes: list[tuple[int, bytes]] = []  # (leaves under it, hash)
 
     def append(self, leaf: bytes) -> None:
         self._nodes.append((1, leaf))
         self.size += 1
+        self.last_leaf = leaf
         while len(self._nodes) >= 2 and self._nodes[-1][0] == self._nodes[-2][0]:
             (n, right), (_, left) = self._nodes.pop(), self._nodes.pop()
             self._nodes.append((2 * n, node_hash(left, right)))
@@ -119,5 +121,6 @@ class CompactRange:
     def copy(self) -> CompactRange:
         other = CompactRange()
         other.size = self.size
+        other.last_leaf = self.last_leaf
         other._nodes = list(self._nodes)
         return other
