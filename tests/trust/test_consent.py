@@ -29,6 +29,7 @@ from parley.server.voices import voice_routes
 from parley.store import Database
 from parley.store.keys import KeyStore
 from parley.trust import speaker
+from parley.trust.cloning import load_pocket_tts
 from parley.trust.consent import PHRASES, check_phrase, consent_phrase
 from parley.trust.speaker import SpeakerVerifier, load_speaker_verifier, similarity
 from parley.trust.voices import ConsentStore, VoiceStore, resolve_voice
@@ -321,3 +322,12 @@ async def test_voices_http_speaker_mismatch(
     with pytest.raises(openai.BadRequestError) as caught:
         await acme.audio.voices.create(name="JFK", consent=consent.id, audio_sample=jfk)
     assert caught.value.code == "speaker_mismatch"
+
+
+def test_custom_voice_without_a_cloning_engine_is_voice_engine_unavailable() -> None:
+    if importlib.util.find_spec("pocket_tts") is not None:
+        pytest.skip("pocket-tts is installed here")
+    with pytest.raises(EngineUnavailableError) as caught:
+        load_pocket_tts()
+    assert caught.value.code == Code.VOICE_ENGINE_UNAVAILABLE
+    assert caught.value.status == 503 and caught.value.param == "voice"
