@@ -445,7 +445,8 @@ class AuditLog:
             if seq != index:
                 problems.append(_Problem(index, "-", f"record {index} is missing (next is {seq})"))
                 break
-            ids[index] = record_id
+            if index == 0 or index in wanted:  # where a bad checkpoint's report may point
+                ids[index] = record_id
             try:
                 leaf = leaf_hash(
                     _leaf_bytes(
