@@ -256,6 +256,12 @@ async def test_voices_http_consents_and_voices_with_the_openai_sdk(
         )
     assert refused.value.code == "consent_phrase_mismatch"
 
+    with pytest.raises(openai.BadRequestError) as unheard:  # tiny.en hears English only
+        await acme.audio.voice_consents.create(
+            name="Anna", language="de-DE", recording=("phrase.wav", phrase_wav, "audio/wav")
+        )
+    assert unheard.value.param == "language"
+
     # Another tenant sees nothing and can use nothing.
     assert [c.id async for c in other.audio.voice_consents.list()] == []
     with pytest.raises(openai.NotFoundError):

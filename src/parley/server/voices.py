@@ -37,6 +37,7 @@ from parley.audio.containers import decode_upload
 from parley.audio.frames import Frame
 from parley.audio.resample import resample
 from parley.engines.base import ASR
+from parley.engines.registry import languages_of
 from parley.errors import (
     ClientError,
     Code,
@@ -141,6 +142,14 @@ class _VoicesAPI:
         name = _required(form.fields, "name")
         language = _required(form.fields, "language")
         primary = phrase_language(language)  # an unsupported language fails before the work
+        heard_languages = languages_of(self.asr)
+        if heard_languages and primary not in heard_languages:
+            raise ClientError(
+                f"This server's recogniser ({self.asr.name}) does not transcribe {language!r},"
+                " so it cannot check a consent recorded in it; recognisable: "
+                f"{', '.join(sorted(heard_languages))}.",
+                param="language",
+            )
         audio = await self._decode(form, "recording", MAX_CONSENT_S)
         heard = await self.asr.transcribe(resample(audio, self.asr.sample_rate), language=primary)
         check_phrase(heard.text, primary, self.operator)
