@@ -306,7 +306,8 @@ def _wilson_hilferty(x: float, k: int) -> float:
     if x <= 0:
         return -math.inf
     c = 2.0 / (9.0 * k)
-    return (float(x / k) ** (1.0 / 3.0) - (1.0 - c)) / math.sqrt(c)
+    root: float = math.pow(x / k, 1.0 / 3.0)
+    return (root - (1.0 - c)) / math.sqrt(c)
 
 
 def detect(key: WatermarkKey, audio: Frame) -> Detection:
