@@ -37,6 +37,7 @@ FORBIDDEN = {
     ),
     "store": ("engines", "pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
     "engines": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
+    "trust": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
     "routing": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
     "ledger": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
     "pipeline": ("realtime", "server", "cli", "commands", "models", "bench"),

@@ -156,6 +156,11 @@ class TrustSettings(_Section):
     # voice ..."), and how many live voices a tenant may have.
     operator_name: str = Field("parley", min_length=1)
     max_voices: int = Field(20, ge=0)
+    # The engine that speaks custom voices: "pocket-tts" (weights from its config: a local YAML
+    # or the gated hub repository kyutai/pocket-tts) or "none" (custom voices answer
+    # voice_engine_unavailable; creating them still works).
+    cloning: Literal["none", "pocket-tts"] = "none"
+    cloning_config: str | None = None
 
 
 class ServerSettings(_Section):

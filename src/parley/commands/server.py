@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from rich.console import Console
@@ -12,9 +15,18 @@ from rich.console import Console
 from parley import __version__
 from parley.commands.options import EXIT_ERROR, settings_from
 from parley.engines.registry import build_engines, warm_up, warm_up_named
+from parley.errors import EngineUnavailableError
 from parley.routing import build_policy_engines, load_policy
+from parley.trust.audit import AuditLog, AuditSigner
+from parley.trust.cloning import load_pocket_tts
+from parley.trust.watermark import WatermarkKey
 
 __all__ = ["run_serve"]
+
+
+def _sha256(path: Path | None) -> str:
+    """The policy file's SHA-256 (hex), so the audit log shows which policy was in force."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else ""
 
 
 class _Server(uvicorn.Server):
@@ -45,6 +57,38 @@ async def run_serve(args: argparse.Namespace, console: Console) -> int:
         named = build_policy_engines(policy, settings)
         await warm_up_named(named)
     database = Database(settings.server.database)
+    trust = settings.trust
+    watermark_key = None
+    if trust.watermark:
+        watermark_key = (
+            WatermarkKey.from_hex(trust.watermark_key)
+            if trust.watermark_key
+            else WatermarkKey.load_or_create(trust.watermark_key_file)
+        )
+    audit = AuditLog(database, AuditSigner.load_or_create(trust.audit_key_file))
+    audit.append(
+        "server.started",
+        version=__version__,
+        engines={k: getattr(engines, k).name for k in ("vad", "asr", "llm", "tts")},
+        policy_file=str(settings.policy.file or ""),
+        policy_sha256=_sha256(settings.policy.file),
+        watermark=trust.watermark,
+        auth=not args.no_auth,
+    )
+    if not trust.watermark:
+        audit.append("watermark.disabled")
+        console.print(
+            "[bold red]WARNING: watermarking is OFF (trust.watermark = false): the audio this "
+            "server synthesises cannot be traced back to it. Recorded in the audit log.[/bold red]"
+        )
+    cloner = None
+    if trust.cloning == "pocket-tts":
+        try:
+            cloner = await asyncio.to_thread(load_pocket_tts, config=trust.cloning_config)
+        except EngineUnavailableError as exc:
+            console.print(
+                f"[bold yellow]custom voices cannot be spoken: {exc.message}[/bold yellow]"
+            )
     app = create_app(
         settings,
         engines,
@@ -52,6 +96,9 @@ async def run_serve(args: argparse.Namespace, console: Console) -> int:
         auth=not args.no_auth,
         policy=policy,
         named=named,
+        watermark_key=watermark_key,
+        audit=audit,
+        cloner=cloner,
     )
     if args.no_auth:
         console.print(

@@ -47,6 +47,7 @@ from parley.pipeline.events import BudgetWarning
 from parley.pipeline.metered import MeteredASR, MeteredLLM, MeteredTTS
 from parley.routing import Policy, decide
 from parley.routing.failover import Attempt, Breaker, LLMChain
+from parley.trust.audit import AuditLog
 
 __all__ = ["BudgetWarning", "Caller", "CallerControl", "ControlPlane", "ResponsePlan"]
 
@@ -82,8 +83,10 @@ class ControlPlane:
         budgets: Budgets | None = None,
         on_record: Callable[[UsageRecord], None] | None = None,
         on_budget: Callable[[Budget], None] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.engines = engines
+        self.audit = audit
         self.on_budget = on_budget
         self.policy = policy
         self.named = dict(named or {})
@@ -126,6 +129,15 @@ class ControlPlane:
         inner = self.named.get(engine) or getattr(self.engines, stage)
         return str(getattr(inner, "model", "") or "")
 
+    def audit_append(self, kind: str, *, tenant: str = "", **data: Any) -> None:
+        """An audit record; a failure is logged and does not end the caller's call."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(kind, tenant=tenant, **data)
+        except Exception:
+            log.exception("audit append failed: %s record lost", kind)
+
     def write(self, records: Sequence[UsageRecord]) -> None:
         """Write ``records`` to the ledger (durable when this returns) and report them. A
         database failure is logged and does not end the response."""
@@ -156,6 +168,7 @@ class CallerControl:
         self._warned = False
         self.sticky: str | None = None
         self.language: str | None = None  # the session's language, for routes on it
+        self.pii_kinds: tuple[str, ...] = ()  # found in the last routed turn (kinds only)
         self._scanned: dict[str, str] = {}
         self.route = "default" if plane.policy is not None else ""
 
@@ -235,10 +248,11 @@ class CallerControl:
         if decision.sticky:
             self.sticky = decision.route
         self.route = decision.route
+        self.pii_kinds = decision.pii_kinds
         log.info(
             "route %s (pii: %s) llm=%s",
             decision.route,
-            ",".join(sorted({f.kind for f in decision.findings})) or "none",
+            ",".join(self.pii_kinds) or "none",
             ",".join(decision.chains.get("llm", ())) or self.plane.engines.llm.name,
         )
         return dict(decision.chains)
@@ -373,14 +387,30 @@ class ResponsePlan:
         bound = self.control.bound("llm", self.llm_chain, request_bound(request))
         self._llm_hold = self.control.reserve(bound)
 
-    def close(self) -> list[UsageRecord]:
-        """Settle what is still held and write the response's records (once)."""
+    def close(self, *, status: str = "completed", mark: int | None = None) -> list[UsageRecord]:
+        """Settle what is still held, write the response's records and its audit record
+        (once). ``mark``: the watermark payload id its audio carried."""
         if self._closed:
             return []
         self._closed = True
         llm_cost = sum(r.cost_nusd for r in self.records if r.stage == "llm")
         self.control.settle(self._llm_hold, llm_cost)
-        self.control.plane.write(self.records)
+        plane, caller = self.control.plane, self.control.caller
+        plane.write(self.records)
+        if plane.audit is not None:
+            plane.audit_append(
+                "response",
+                tenant=caller.tenant,
+                key_id=caller.key_id,
+                session_id=caller.session_id,
+                response_id=self.response_id,
+                status=status,
+                route=self.route,
+                pii=list(self.control.pii_kinds),  # kinds, never values
+                engines=[f"{r.stage}:{r.engine}:{r.outcome}" for r in self.records],
+                cost_usd=sum(r.cost_nusd for r in self.records) / 1e9,
+                watermark=mark,
+            )
         return self.records
 
 

@@ -40,6 +40,7 @@ from parley.pipeline.listener import Listener, Turn
 from parley.pipeline.options import ResponseOptions
 from parley.pipeline.responder import Responder
 from parley.pipeline.timeline import TurnTimeline
+from parley.trust.marks import Marker
 
 __all__ = ["Pipeline", "ResponseOptions"]
 
@@ -61,6 +62,7 @@ class Pipeline:
         sink: Callable[[PipelineEvent], None] | None = None,
         control: ControlPlane | None = None,
         caller: Caller | None = None,
+        marker: Marker | None = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -105,6 +107,7 @@ class Pipeline:
             clock=lambda: self.listener.input_ms,
             lead_ms=settings.pipeline.tts_lead_ms,
             control=self.control,
+            marker=marker,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------

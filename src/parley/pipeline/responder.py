@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from parley.audio.frames import Frame
 from parley.engines.base import (
     LLM,
     TTS,
@@ -51,6 +52,7 @@ from parley.pipeline.options import ResponseOptions
 from parley.pipeline.segmenter import ClauseSegmenter
 from parley.pipeline.speech import Spoken, speak
 from parley.pipeline.timeline import TurnTimeline
+from parley.trust.marks import Marker
 
 __all__ = ["Responder", "Response"]
 
@@ -79,6 +81,8 @@ class Response:
     task: asyncio.Task[None] | None = None
     # The control plane's engines, reservations and usage records for it (None: no control).
     plan: ResponsePlan | None = None
+    # The watermark payload id its audio carries (None: not watermarked).
+    mark: int | None = None
 
     def heard_text(self, heard_ms: float) -> str:
         """The reply text spoken within the first ``heard_ms`` of its audio."""
@@ -117,9 +121,12 @@ class Responder:
         clock: Callable[[], float],
         lead_ms: float = 0.0,
         control: CallerControl | None = None,
+        marker: Marker | None = None,
     ) -> None:
         self.llm = llm
         self.control = control
+        # Watermarks every response's audio with a payload of its own (trust.watermark).
+        self.marker = marker
         # Later clauses are synthesised only while the audio already sent is less than this
         # far ahead of real-time playback (0: as fast as the engine goes).
         self.lead_ms = lead_ms
@@ -283,8 +290,8 @@ class Responder:
                 self.history.replace_text(resp.item_id, heard)
         else:
             self.history.delete(resp.item_id)  # nothing was said: no empty item lingers
-        if resp.plan is not None:
-            resp.plan.close()  # settled and in the ledger before response.done goes out
+        if resp.plan is not None:  # settled, in the ledger and audited before response.done
+            resp.plan.close(status=status, mark=resp.mark)
         self._emit(
             ResponseDone(
                 resp.id,
@@ -355,19 +362,29 @@ class Responder:
             stream=resp.id,
         )
         tts = resp.plan.tts if resp.plan is not None else self.tts
+        embedder = None
+        if self.marker is not None:  # the mark is embedded chunk by chunk, one chunk late
+            resp.mark, embedder = self.marker.embedder(resp.id, resp.output_rate)
         async with contextlib.aclosing(speak(tts, queued(), options)) as audio:
             async for out in audio:
                 if isinstance(out, Spoken):
                     resp.spoken.append(out)
                     continue
                 resp.timeline.mark("tts_first_audio")
-                if resp.playback_start_ms is None:
-                    resp.timeline.mark("first_audio_out")
-                    resp.playback_start_ms = self._clock()
-                    resp.first_audio_s = time.monotonic()
-                    self.playback = resp
-                resp.audio_samples += len(out)
-                self._emit(ResponseAudio(resp.id, resp.item_id, out))
+                self._audio(resp, embedder.process(out) if embedder is not None else out)
+        if embedder is not None:
+            self._audio(resp, embedder.flush())
+
+    def _audio(self, resp: Response, out: Frame) -> None:
+        if not len(out):
+            return
+        if resp.playback_start_ms is None:
+            resp.timeline.mark("first_audio_out")
+            resp.playback_start_ms = self._clock()
+            resp.first_audio_s = time.monotonic()
+            self.playback = resp
+        resp.audio_samples += len(out)
+        self._emit(ResponseAudio(resp.id, resp.item_id, out))
 
     async def _pace(self, resp: Response) -> None:
         """Wait while ``resp``'s audio is more than ``lead_ms`` ahead of its playback (counted

@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from parley import __version__
 from parley.config import Settings
-from parley.engines.base import ContentPart, TextPart, engine_health
+from parley.engines.base import TTS, ContentPart, TextPart, engine_health
 from parley.engines.batching import Scheduler
 from parley.engines.instrumented import instrument, instrument_engine
 from parley.engines.registry import Engines, languages_of
@@ -64,8 +64,13 @@ from parley.server.openapi import openapi_document
 from parley.server.realtime_ws import Connection, Ended, Inbox
 from parley.server.rest import rest_routes
 from parley.server.tracing import TurnTracer
+from parley.server.voices import voice_routes
 from parley.store import Database, PromptStore, render
 from parley.store.keys import KeyStore
+from parley.trust.audit import AuditLog
+from parley.trust.cloning import ClonedVoiceTTS, VoiceCloner, voice_engine_unavailable
+from parley.trust.marks import Marker, MarkRegistry
+from parley.trust.voices import resolve_voice
 
 __all__ = ["AppState", "create_app"]
 
@@ -93,6 +98,30 @@ class AppState:
     voice_names: frozenset[str] = frozenset()
     # Routing policy, failover, metering and budgets (issue 13); None: engines as configured.
     control: ControlPlane | None = None
+    # The watermark key (issue 14); None: synthesised audio is not watermarked.
+    watermark_key: Any = None
+
+    # The voice-cloning engine for custom voices; None: they answer voice_engine_unavailable.
+    cloner: VoiceCloner | None = None
+
+    def custom_voice(self, tenant: str, voice_id: str) -> TTS:
+        """``voice_id`` of ``tenant`` as a TTS engine: 404 when it does not exist (or its
+        consent was deleted: open sessions lose it at once), 503 without a cloner."""
+        voice = resolve_voice(self.database, tenant, voice_id) if self.database else None
+        if voice is None:
+            raise NotFoundError(
+                f"The voice '{voice_id}' does not exist, or its consent was withdrawn.",
+                param="voice",
+            )
+        if self.cloner is None:
+            raise voice_engine_unavailable()
+        return ClonedVoiceTTS(self.cloner, voice)
+
+    def marker(self, tenant: str) -> Marker | None:
+        """Watermarks for ``tenant``'s synthesised streams, or None when they are off."""
+        if self.watermark_key is None or self.database is None:
+            return None
+        return Marker(self.watermark_key, MarkRegistry(self.database), tenant)
 
     def prompt_resolver(self, tenant: str) -> PromptResolver | None:
         """Renders the tenant's own prompt templates (a tenant never sees another's)."""
@@ -131,6 +160,9 @@ def create_app(
     tracer: TurnTracer | None = None,
     policy: Policy | None = None,
     named: Mapping[str, Any] | None = None,
+    watermark_key: Any = None,
+    audit: AuditLog | None = None,
+    cloner: VoiceCloner | None = None,
 ) -> Starlette:
     """The app; with ``auth`` every endpoint but ``/healthz`` needs a key from ``database``.
 
@@ -162,6 +194,7 @@ def create_app(
         on_budget=lambda budget: metrics.budget_remaining(
             budget.tenant, budget.key_id, budget.remaining_usd
         ),
+        audit=audit,
     )
     voices = engines.tts.voices()
     state = AppState(
@@ -173,6 +206,8 @@ def create_app(
         tracer=tracer,
         voice_names=frozenset(n.lower() for v in voices for n in (v.id, v.name, v.language) if n),
         control=control,
+        watermark_key=watermark_key,
+        cloner=cloner,
     )
 
     async def healthz(request: Request) -> JSONResponse:
@@ -210,7 +245,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        checkpoints = asyncio.ensure_future(_checkpoints(audit)) if audit is not None else None
         yield
+        if checkpoints is not None:
+            checkpoints.cancel()
+        if audit is not None:  # the last records are covered by a signed checkpoint
+            await asyncio.to_thread(audit.checkpoint)
         await trimmer.aclose()
         # uvicorn has sent every open WebSocket a close frame by now; let their sessions end.
         if state.sessions:
@@ -241,6 +281,19 @@ def create_app(
                 max_transcriptions=settings.server.max_transcriptions,
                 transcription_wait_s=settings.server.transcription_wait_s,
                 control=control,
+                marker_of=state.marker,
+                custom_voice=state.custom_voice,
+            ),
+            *(
+                voice_routes(  # consents and custom voices (issue 14)
+                    database,
+                    engines.asr,
+                    operator=settings.trust.operator_name,
+                    max_voices=settings.trust.max_voices,
+                    audit=control.audit_append,
+                )
+                if database is not None
+                else []
             ),
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
@@ -259,6 +312,17 @@ def create_app(
     )
     app.state.parley = state
     return app
+
+
+async def _checkpoints(audit: AuditLog, every_s: float = 60.0) -> None:
+    """Sign a checkpoint of the audit log every ``every_s`` (appends alone check the time only
+    when something is appended)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(audit.checkpoint)
+        except Exception:
+            log.exception("audit checkpoint failed")
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -383,6 +447,7 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         sink=inbox.put_event,
         control=state.control,
         caller=Caller(principal.tenant, principal.limits_key),
+        marker=state.marker(principal.tenant),
     )
     session = RealtimeSession(
         state.settings,
@@ -416,8 +481,17 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         tracer=state.tracer,
         outbox_bytes=state.settings.server.send_buffer_bytes,
     )
-    async with pipeline:
-        await connection.run(lambda: asyncio.ensure_future(_watch(state, principal)))
+    audit = state.control.audit_append if state.control is not None else None
+    who = {"key_id": principal.limits_key, "session_id": session.id}
+    if audit is not None:  # the audit log (issue 14): who opened which session
+        audit("session.opened", tenant=principal.tenant, type=kind, **who)
+    try:
+        async with pipeline:
+            await connection.run(lambda: asyncio.ensure_future(_watch(state, principal)))
+    finally:
+        if audit is not None:
+            route = pipeline.control.route if pipeline.control is not None else ""
+            audit("session.closed", tenant=principal.tenant, route=route, **who)
 
 
 async def _watch(state: AppState, principal: Principal) -> Ended:

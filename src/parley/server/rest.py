@@ -45,7 +45,7 @@ import math
 import secrets
 import time
 import zlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, closing
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, assert_never
@@ -83,6 +83,7 @@ from parley.server.http_streams import (
     resumed,
 )
 from parley.server.openai_errors import guarded, sse, sse_error
+from parley.trust.marks import Marker
 
 __all__ = [
     "AUDIO_TOKENS_PER_S",
@@ -132,12 +133,22 @@ def rest_routes(
     max_transcriptions: int = MAX_TRANSCRIPTIONS,
     transcription_wait_s: float = TRANSCRIPTION_WAIT_S,
     control: ControlPlane | None = None,
+    marker_of: Callable[[str], Marker | None] | None = None,
+    custom_voice: Callable[[str, str], TTS] | None = None,
 ) -> list[BaseRoute]:
     """The REST endpoints over ``engines`` (through ``control``'s routes, failover, metering
     and budgets when given), to mount at the root of the app."""
     turns = asyncio.Semaphore(max_transcriptions)  # ValueError below 0
     api = _RestAPI(
-        settings, engines, max_body_bytes, max_audio_s, turns, transcription_wait_s, control
+        settings,
+        engines,
+        max_body_bytes,
+        max_audio_s,
+        turns,
+        transcription_wait_s,
+        control,
+        marker_of,
+        custom_voice,
     )
     return [
         Route("/v1/audio/speech", guarded(api.speech), methods=["POST"]),
@@ -213,6 +224,10 @@ class _RestAPI:
     turn_wait_s: float
     # Routing, failover, metering and budgets (None: the engines as they are, unmetered).
     control: ControlPlane | None = None
+    # A tenant's watermarks (None, or a None marker: speech is not watermarked).
+    marker_of: Callable[[str], Marker | None] | None = None
+    # (tenant, voice_...) -> a TTS speaking that custom voice; raises 404 or 503 (issue 14).
+    custom_voice: Callable[[str, str], TTS] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def _caller(self, request: Request) -> CallerControl | None:
@@ -240,9 +255,12 @@ class _RestAPI:
         )
         encoder = open_encoder(req.response_format, SPEECH_SAMPLE_RATE)
         caller = self._caller(request)
-        frames = self._speech_frames(
-            caller.tts() if caller else self.engines.tts, req.input, options
-        )
+        tts: TTS = caller.tts() if caller else self.engines.tts
+        tenant = principal_of(request.scope).tenant
+        if voice and voice.startswith("voice_") and self.custom_voice is not None:
+            tts = self.custom_voice(tenant, voice)  # a consented custom voice, or 404 / 503
+        marker = self.marker_of(tenant) if self.marker_of is not None else None
+        frames = self._speech_frames(tts, req.input, options, marker)
         try:
             first = await first_item(frames)
         except BaseException:
@@ -255,13 +273,20 @@ class _RestAPI:
         return Stream(audio.chunks(), encoder.media_type, {"Cache-Control": "no-cache"}, frames)
 
     async def _speech_frames(
-        self, tts: TTS, text: str, options: SpeechOptions
+        self, tts: TTS, text: str, options: SpeechOptions, marker: Marker | None = None
     ) -> AsyncGenerator[Frame, None]:
         options = replace(options, stream=new_id("speech"))
+        embedder = None
+        if marker is not None:  # watermarked chunk by chunk, one chunk late
+            _, embedder = marker.embedder(options.stream or "", options.sample_rate)
         async with aclosing(speak_text(tts, text, options)) as spoken:
             async for item in spoken:
                 if isinstance(item, Frame):  # the clause marks are for truncation: not here
-                    yield item
+                    item = embedder.process(item) if embedder is not None else item
+                    if len(item):
+                        yield item
+        if embedder is not None and len(tail := embedder.flush()):
+            yield tail
 
     # /v1/audio/transcriptions ----------------------------------------------------------------
 

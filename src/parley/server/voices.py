@@ -70,6 +70,10 @@ _FORM_SLACK = 64 * 1024  # the multipart framing and text fields around the file
 VerifierLoader = Callable[[], SpeakerVerifier]
 
 
+Audit = Callable[..., None]
+"""``audit(kind, *, tenant, **fields)``: appends an audit record (ControlPlane.audit_append)."""
+
+
 def voice_routes(
     db: Database,
     asr: ASR,
@@ -78,11 +82,12 @@ def voice_routes(
     operator: str = DEFAULT_OPERATOR,
     max_voices: int = DEFAULT_MAX_VOICES,
     max_recording_bytes: int = MAX_RECORDING_BYTES,
+    audit: Audit | None = None,
 ) -> list[Route]:
     """The consent and voice endpoints over ``db``, recognising consent recordings with ``asr``
     (the server's recogniser) and verifying speakers with what ``verifier`` loads (once, on
     first use; retried while it fails)."""
-    api = _VoicesAPI(db, asr, _Lazy(verifier), operator, max_voices, max_recording_bytes)
+    api = _VoicesAPI(db, asr, _Lazy(verifier), operator, max_voices, max_recording_bytes, audit)
     consents, voices = "/v1/audio/voice_consents", "/v1/audio/voices"
     return [
         Route(consents, guarded(api.create_consent), methods=["POST"]),
@@ -127,6 +132,11 @@ class _VoicesAPI:
     operator: str
     max_voices: int
     max_bytes: int
+    audit: Audit | None = None  # (kind, tenant, fields) -> the audit log
+
+    def _record(self, request: Request, kind: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit(kind, tenant=principal_of(request.scope).tenant, **fields)
 
     def _consents(self, request: Request) -> ConsentStore:
         return ConsentStore(self.db, principal_of(request.scope).tenant)
@@ -168,6 +178,7 @@ class _VoicesAPI:
             transcript=heard.text,
             embedding=embedding,
         )
+        self._record(request, "consent.created", consent_id=consent.id, language=language)
         return JSONResponse(consent.to_wire())
 
     async def list_consents(self, request: Request) -> Response:
@@ -203,6 +214,7 @@ class _VoicesAPI:
     async def delete_consent(self, request: Request) -> Response:
         consent_id = request.path_params["consent_id"]
         await asyncio.to_thread(self._consents(request).delete, consent_id)
+        self._record(request, "consent.deleted", consent_id=consent_id)
         return JSONResponse({"id": consent_id, "object": "audio.voice_consent", "deleted": True})
 
     # --- voices -------------------------------------------------------------------------------
@@ -242,6 +254,9 @@ class _VoicesAPI:
             sample_type=form.file_name,
             embedding=embedding,
         )
+        self._record(
+            request, "voice.created", voice_id=voice.id, consent_id=consent.id, score=score
+        )
         return JSONResponse(voice.to_wire())
 
     async def list_voices(self, request: Request) -> Response:
@@ -256,6 +271,7 @@ class _VoicesAPI:
     async def delete_voice(self, request: Request) -> Response:
         voice_id = request.path_params["voice_id"]
         await asyncio.to_thread(self._voices(request).delete, voice_id)
+        self._record(request, "voice.deleted", voice_id=voice_id)
         return JSONResponse({"id": voice_id, "object": "audio.voice.deleted", "deleted": True})
 
     # --- bodies -------------------------------------------------------------------------------

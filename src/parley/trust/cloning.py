@@ -29,7 +29,13 @@ from parley.audio.resample import resample
 from parley.errors import Code, EngineUnavailableError
 from parley.trust.voices import CustomVoice
 
-__all__ = ["PocketCloner", "VoiceCloner", "load_pocket_tts", "voice_engine_unavailable"]
+__all__ = [
+    "ClonedVoiceTTS",
+    "PocketCloner",
+    "VoiceCloner",
+    "load_pocket_tts",
+    "voice_engine_unavailable",
+]
 
 
 class VoiceCloner(Protocol):
@@ -114,3 +120,20 @@ def load_pocket_tts(*, language: str | None = None, config: str | None = None) -
             " the Hugging Face hub and log in, or point its config at local weights)"
         )
     return PocketCloner(model)
+
+
+class ClonedVoiceTTS:
+    """One custom voice through a cloner, as a TTS engine (what ``/v1/audio/speech`` speaks
+    with for ``voice: {"id": "voice_..."}``): frames resampled to the requested rate."""
+
+    def __init__(self, cloner: VoiceCloner, voice: CustomVoice) -> None:
+        self.cloner = cloner
+        self.voice = voice
+        self.name = cloner.name
+
+    def voices(self) -> list[Any]:
+        return []
+
+    async def synthesize(self, text: str, options: Any) -> AsyncGenerator[Frame, None]:
+        async for frame in self.cloner.synthesize(text, self.voice):
+            yield resample(frame, options.sample_rate)
