@@ -65,6 +65,7 @@ from parley.server.realtime_ws import Connection, Ended, Inbox
 from parley.server.rest import rest_routes
 from parley.server.tracing import TurnTracer
 from parley.server.voices import voice_routes
+from parley.server.watermark import watermark_route
 from parley.store import Database, PromptStore, render
 from parley.store.keys import KeyStore
 from parley.trust.audit import AuditLog
@@ -274,6 +275,10 @@ def create_app(
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
             Route("/openapi.json", openapi),
             costs_route(lambda: control.ledger),  # GET /v1/organization/costs
+            watermark_route(  # POST /v1/audio/watermark/detect (issue 14)
+                lambda: state.watermark_key,
+                MarkRegistry(database).resolve if database is not None else lambda _: None,
+            ),
             *rest_routes(
                 settings,
                 engines,
