@@ -215,3 +215,34 @@ def test_trust_unknown_custom_voice_is_not_found(trusted: Trusted) -> None:
     reply = speech(trusted, "acme", voice={"id": "voice_doesnotexist"})
     assert reply.status_code == 404, reply.text
     assert reply.json()["error"]["param"] == "voice"
+
+
+def test_trust_realtime_custom_voice_that_is_gone_fails_the_reply(trusted: Trusted) -> None:
+    import asyncio
+
+    async def talk() -> dict[str, object]:
+        client = openai.AsyncOpenAI(
+            base_url=trusted.server.base_url, api_key=trusted.keys["acme"], max_retries=0
+        )
+        async with client.realtime.connect(model="parley") as conn:
+            await conn.recv_bytes()
+            voice = {"id": "voice_0123456789abcdef"}
+            await conn.send(
+                {
+                    "type": "session.update",
+                    "session": {"type": "realtime", "audio": {"output": {"voice": voice}}},
+                }
+            )
+            updated = json.loads(await conn.recv_bytes())
+            assert updated["type"] == "session.updated", updated
+            await conn.send({"type": "response.create"})
+            while True:
+                event = json.loads(await conn.recv_bytes())
+                if event["type"] == "response.done":
+                    await client.close()
+                    return dict(event["response"])
+
+    response = asyncio.run(talk())
+    assert response["status"] == "failed"
+    error = response["status_details"]["error"]  # type: ignore[index]
+    assert error["code"] == "not_found" and "voice_0123456789abcdef" in error["message"]

@@ -379,6 +379,10 @@ class ResponsePlan:
         )
         self.tts = MeteredTTS(self.control, self.tts_chain, self.response_id, self.records)
 
+    def metered_tts(self, tts: Any) -> MeteredTTS:
+        """``tts`` (a custom voice) metered and recorded as this response's TTS."""
+        return MeteredTTS(self.control, [(tts.name, tts)], self.response_id, self.records)
+
     @property
     def engine(self) -> str:
         return self.llm_chain[0][0]

@@ -30,7 +30,7 @@ from typing import Any
 
 from parley.audio.frames import Frame
 from parley.config import Settings, TurnDetectionSettings
-from parley.engines.base import ChatRequest, ContentPart, Message, Transcript
+from parley.engines.base import TTS, ChatRequest, ContentPart, Message, Transcript
 from parley.engines.registry import Engines
 from parley.errors import ParleyError
 from parley.pipeline.control import Caller, ControlPlane, texts_of
@@ -63,6 +63,7 @@ class Pipeline:
         control: ControlPlane | None = None,
         caller: Caller | None = None,
         marker: Marker | None = None,
+        custom_voice: Callable[[str], TTS] | None = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -108,6 +109,7 @@ class Pipeline:
             lead_ms=settings.pipeline.tts_lead_ms,
             control=self.control,
             marker=marker,
+            custom_voice=custom_voice,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------

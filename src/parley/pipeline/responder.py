@@ -122,8 +122,11 @@ class Responder:
         lead_ms: float = 0.0,
         control: CallerControl | None = None,
         marker: Marker | None = None,
+        custom_voice: Callable[[str], TTS] | None = None,
     ) -> None:
         self.llm = llm
+        # voice_... -> the TTS speaking that custom voice (raises when it is gone or unspeakable)
+        self.custom_voice = custom_voice
         self.control = control
         # Watermarks every response's audio with a payload of its own (trust.watermark).
         self.marker = marker
@@ -362,6 +365,10 @@ class Responder:
             stream=resp.id,
         )
         tts = resp.plan.tts if resp.plan is not None else self.tts
+        voice = resp.options.voice or ""
+        if voice.startswith("voice_") and self.custom_voice is not None:
+            cloned = self.custom_voice(voice)  # looked up per reply: a withdrawn consent stops it
+            tts = resp.plan.metered_tts(cloned) if resp.plan is not None else cloned
         embedder = None
         if self.marker is not None:  # the mark is embedded chunk by chunk, one chunk late
             resp.mark, embedder = self.marker.embedder(resp.id, resp.output_rate)

@@ -53,6 +53,9 @@ SessionKind = Literal["realtime", "transcription"]
 OPENAI_VOICES = frozenset(OPENAI_VOICE_NAMES)
 # A voice name as any engine spells one (``en-us+f3``, ``en_US-joe-medium``, ``speaker:3``):
 # never a path, never a control character, never a 10 kB string.
+# Custom voices (POST /v1/audio/voices): resolved per response, so a withdrawn consent
+# silences them at once.
+_CUSTOM_VOICE = re.compile(r"voice_[A-Za-z0-9]{8,64}")
 _VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}")
 # Fields that only a realtime (speech-to-speech) session has.
 _REALTIME_ONLY = (
@@ -233,6 +236,8 @@ def check_voice(
 ) -> None:
     """A voice this server can speak, or :class:`ProtocolError` now (not when audio is due)."""
     name = voice_name(voice)
+    if _CUSTOM_VOICE.fullmatch(name):
+        return  # a custom voice (voice_...): found, or refused, when a reply is spoken
     known = not d.voices or any(
         n.lower() in OPENAI_VOICES or n.lower() in d.voices for n in (name, name.partition("+")[0])
     )

@@ -453,6 +453,7 @@ async def _serve_realtime_session(ws: WebSocket, state: AppState, principal: Pri
         control=state.control,
         caller=Caller(principal.tenant, principal.limits_key),
         marker=state.marker(principal.tenant),
+        custom_voice=functools.partial(state.custom_voice, principal.tenant),
     )
     session = RealtimeSession(
         state.settings,
