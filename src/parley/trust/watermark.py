@@ -5,15 +5,15 @@ hub at run time; parley runs offline and no wheel ships the weights. This module
 patchwork design in numpy only (scipy is not a parley dependency):
 
 * **Grid.** An STFT of 40 ms sqrt-Hann frames hopped by 20 ms (25 Hz bins at any sample rate).
-  Tiles are 2 hops (40 ms) by 250 Hz; 12 bands cover the telephone band 300-3300 Hz, so the mark
-  survives 8 kHz G.711 and narrow-band codecs. A period of 32 tile columns (1.28 s) repeats, so any
+  Tiles are one hop (20 ms) by 75 Hz; 40 bands cover the telephone band 300-3300 Hz, so the mark
+  survives 8 kHz G.711 and narrow-band codecs. A period of 64 tile columns (1.28 s) repeats, so any
   3 s excerpt holds two full copies.
-* **Mark.** Each tile's power is multiplied by ``exp(+-ALPHA)``, the sign keyed per tile: 104
-  of the 384 tiles of a period carry a known keyed synchronisation pattern, the rest carry the 40
+* **Mark.** Each tile's power is multiplied by ``exp(+-ALPHA)``, the sign keyed per tile: 640
+  of the 2,560 tiles of a period carry a known keyed synchronisation pattern, the rest carry the 40
   coded bits (the 32-bit payload, whitened with a keyed mask, plus a CRC-8), each bit spread over
-  7 tiles. The gain is multiplicative, so the mark hides under the speech's own spectrum and
+  48 tiles. The gain is multiplicative, so the mark hides under the speech's own spectrum and
   nothing is added in silence; outside 300-3300 Hz the audio is untouched, bit for bit.
-* **Detect.** Resample to 8 kHz, then for each time-scale factor (speed +-5 % in 1 % steps) and
+* **Detect.** Resample to 8 kHz, then for each time-scale factor (speed +-5 % in 0.5 % steps) and
   grid phase, take each tile's log power minus its neighbours' in time and frequency (which
   removes the spectral envelope), fold the columns by the period and, at every column offset,
   correlate with the chips of each of the 41 groups (40 bits, sync). Given the audio, the keyed
@@ -50,20 +50,18 @@ FRAME_S = 0.040  # analysis frame; bins are 25 Hz apart at any rate
 HOP_S = 0.020
 DETECT_RATE = 8000
 BAND_LOW_HZ = 300.0
-BAND_HZ = 250.0
-N_BANDS = 12  # 300 .. 3300 Hz
-HOPS_PER_COLUMN = 2  # a tile is 40 ms long
-PERIOD = 32  # columns per repetition: 1.28 s
+BAND_HZ = 75.0
+N_BANDS = 40  # 300 .. 3300 Hz
+HOPS_PER_COLUMN = 1  # a tile is one 20 ms hop long
+PERIOD = 64  # columns per repetition: 1.28 s
 PAYLOAD_BITS = 32
 CRC_BITS = 8
 CODED_BITS = PAYLOAD_BITS + CRC_BITS
-REPEATS = 7  # tiles per coded bit per period
+REPEATS = 48  # tiles per coded bit per period
 ALPHA = 0.7  # log-power step per tile (+-3 dB): PESQ-WB stays about 4.3
-SCALES = tuple(round(0.95 + 0.01 * i, 3) for i in range(11))  # speed search, +-5 %
-SEGMENT_S = 6.0  # longer audio is searched in segments so scale drift stays under a tile
-ISS_LAMBDA = 0.3  # share of the host's band-to-band deviation the embedder cancels
-GAIN_MAX = 1.2  # no band of a frame moves by more than +-5 dB
-FREQ_WEIGHT = 0.5  # how much of the predicted envelope comes from the bands either side
+SCALES = tuple(round(0.95 + 0.005 * i, 4) for i in range(21))  # speed search, +-5 %
+SEGMENT_S = 4.0  # longer audio is searched in segments so scale drift stays under a tile
+FREQ_WEIGHT = 0.3  # how much of the predicted envelope comes from the bands either side
 DETECT_P = 1e-3  # p-value below which a mark is reported as detected
 
 Array = npt.NDArray[np.float64]
@@ -139,7 +137,10 @@ class _Pattern:
     sync: npt.NDArray[np.bool_]  # (PERIOD, N_BANDS)
     bit_of: npt.NDArray[np.int64]  # (PERIOD, N_BANDS): coded bit index, -1 for sync tiles
     mask: int  # keyed whitening of the payload
-    onehot: Array  # (PERIOD * N_BANDS, GROUPS): each tile's group, the coded bits then sync
+    # Spectra along the period of each group's chips and membership, (PERIOD, N_BANDS, GROUPS):
+    # correlating at every column offset at once is a product of spectra.
+    chip_spectrum: npt.NDArray[np.complex128]
+    group_spectrum: npt.NDArray[np.complex128]
 
     def symbols(self, payload: int) -> Array:
         """The +-1 sign of every tile of a period that carries ``payload``."""
@@ -167,9 +168,12 @@ def _pattern(key: bytes) -> _Pattern:
     bit_of = flat.reshape(PERIOD, N_BANDS)
     mask = int(rng.integers(0, 2**PAYLOAD_BITS))
     group = np.where(flat < 0, CODED_BITS, flat)
-    onehot = np.zeros((PERIOD * N_BANDS, CODED_BITS + 1))
-    onehot[np.arange(PERIOD * N_BANDS), group] = 1.0
-    pattern = _Pattern(chips, bit_of < 0, bit_of, mask, onehot)
+    flat_onehot = np.zeros((PERIOD * N_BANDS, CODED_BITS + 1))
+    flat_onehot[np.arange(PERIOD * N_BANDS), group] = 1.0
+    onehot = flat_onehot.reshape(PERIOD, N_BANDS, CODED_BITS + 1)
+    chip_spectrum = np.fft.fft(onehot * chips[:, :, None], axis=0)
+    group_spectrum = np.fft.fft(onehot, axis=0)
+    pattern = _Pattern(chips, bit_of < 0, bit_of, mask, chip_spectrum, group_spectrum)
     _PATTERNS[key] = pattern
     return pattern
 
@@ -249,18 +253,8 @@ class Embedder:
         out = self._drain(final=True)
         return Frame(out[:real] if real > 0 else out[:0], self.sample_rate)
 
-    def _gains(self, inside: npt.NDArray[np.complex128], symbols: Array) -> Array:
-        """Each band's log-power step: the keyed sign, minus part of the frame's own deviation
-        from its neighbour bands (informed embedding: the host's own pattern is what hides the
-        mark from the detector, so the embedder pre-cancels a share of it)."""
-        if ISS_LAMBDA == 0:
-            return ALPHA * symbols
-        power = np.bincount(self._band, weights=np.abs(inside) ** 2, minlength=N_BANDS)
-        log = np.log(power + 1e-3 * float(np.mean(power)) + 1e-12)
-        across = np.pad(log, 1, mode="reflect")
-        residual = log - 0.5 * (across[:-2] + across[2:])
-        gain: Array = np.clip(ALPHA * symbols - ISS_LAMBDA * residual, -GAIN_MAX, GAIN_MAX)
-        return gain
+    def _gains(self, symbols: Array) -> Array:
+        return ALPHA * symbols
 
     def _drain(self, *, final: bool = False) -> npt.NDArray[np.int16]:
         n, hop, start = self._n, self._hop, 0
@@ -270,7 +264,7 @@ class Embedder:
                 column = (self._frame_index // HOPS_PER_COLUMN) % PERIOD
                 spectrum = np.fft.rfft(seg * self._window)
                 inside = spectrum[self._inside]
-                gain = self._gains(inside, self._symbols[column])
+                gain = self._gains(self._symbols[column])
                 delta = np.zeros_like(spectrum)
                 delta[self._inside] = inside * (np.exp(0.5 * gain[self._band]) - 1.0)
                 self._added[start : start + n] += np.fft.irfft(delta, n) * self._window
@@ -431,12 +425,12 @@ def _offsets(pattern: _Pattern, folded: Array) -> list[_Candidate]:
     own energy is a Rademacher sum with at most a standard normal's moments; their squares sum
     to a statistic no heavier-tailed than chi-square with 41 degrees of freedom.
     """
-    rows = (np.arange(PERIOD)[None, :] - np.arange(PERIOD)[:, None]) % PERIOD
-    aligned = folded[rows].reshape(PERIOD, -1)  # [offset] audio column c -> period c + offset
-    chips = pattern.chips.reshape(-1)
-    sums = (aligned * chips) @ pattern.onehot  # (offsets, GROUPS)
-    energy = (aligned * aligned) @ pattern.onehot
-    ratio = np.where(energy > 0, sums * sums / np.maximum(energy, 1e-30), 0.0)
+    # sums[o, g] = sum over tiles (p, b) of folded[p - o, b] * chips[p, b] * [tile in g]
+    spectrum = np.conj(np.fft.fft(folded, axis=0))
+    sums = np.fft.ifft(np.einsum("pb,pbg->pg", spectrum, pattern.chip_spectrum), axis=0).real
+    spectrum = np.conj(np.fft.fft(folded * folded, axis=0))
+    energy = np.fft.ifft(np.einsum("pb,pbg->pg", spectrum, pattern.group_spectrum), axis=0).real
+    ratio = np.where(energy > 1e-12, sums * sums / np.maximum(energy, 1e-12), 0.0)
     ratio[:, -1] *= sums[:, -1] > 0  # the sync pattern counts only with its own sign
     stats = ratio.sum(axis=1)
     return [_Candidate(float(stats[o]), sums[o]) for o in range(PERIOD)]
