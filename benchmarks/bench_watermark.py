@@ -174,7 +174,7 @@ def false_positives(key: WatermarkKey, unmarked: list[Frame], want: int) -> dict
     sources.append(("tts", Frame(np.concatenate([u.samples for u in unmarked]), RATE)))
     excerpts: list[tuple[str, Frame]] = []
     for kind, f in sources:
-        n, hop = 3 * f.sample_rate, f.sample_rate // 2
+        n, hop = 3 * f.sample_rate, f.sample_rate // 4
         for start in range(0, len(f) - n + 1, hop):
             excerpts.append((kind, Frame(f.samples[start : start + n], f.sample_rate)))
     excerpts += [("silence", Frame(np.zeros(3 * RATE, np.int16), RATE))] * 20
