@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 
 from parley.bench.report import print_table
-from parley.commands.options import settings_from
+from parley.commands.options import audit_log, settings_from
 
 __all__ = ["run_keys"]
 
@@ -24,6 +24,9 @@ async def run_keys(args: argparse.Namespace, console: Console) -> int:
             case "create":
                 limits = Limits(args.rpm, args.max_sessions, args.max_session_seconds)
                 token, key = keys.create_key(args.tenant, name=args.name or "", limits=limits)
+                audit_log(settings, database).append(
+                    "key.created", tenant=key.tenant.name, key_id=key.id, name=key.name
+                )
                 console.print(
                     f"created {key.id} for tenant {key.tenant.name}; the key "
                     "(shown once, store it now):"
@@ -55,5 +58,8 @@ async def run_keys(args: argparse.Namespace, console: Console) -> int:
             case "revoke":
                 # The prefix as 'keys list' shows it, copied with its dots, names the key too.
                 key = keys.revoke(args.tenant, args.key.removesuffix("..."))
+                audit_log(settings, database).append(
+                    "key.revoked", tenant=key.tenant.name, key_id=key.id
+                )
                 console.print(f"revoked {key.id} ({key.prefix}...) of tenant {args.tenant}")
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 from parley.config import Settings, load_settings
 from parley.errors import ClientError
 
-__all__ = ["EXIT_ERROR", "EXIT_USAGE", "settings_from"]
+__all__ = ["EXIT_ERROR", "EXIT_USAGE", "audit_log", "settings_from"]
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -29,3 +29,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if getattr(args, "policy", None) is not None:  # parley serve --policy FILE
         overrides["policy.file"] = args.policy
     return load_settings(args.config, overrides=overrides)
+
+
+def audit_log(settings: Settings, database: Any) -> Any:
+    """The audit log in ``database``, signed with the key of ``trust.audit_key_file`` (created
+    on first use): what a command that changes keys or budgets appends to."""
+    from parley.trust.audit import AuditLog, AuditSigner
+
+    return AuditLog(database, AuditSigner.load_or_create(settings.trust.audit_key_file))

@@ -15,6 +15,7 @@ from parley.audio.frames import Frame
 from parley.audio.resample import resample
 from parley.bench.report import print_table
 from parley.commands.options import settings_from
+from parley.config import Settings
 from parley.engines.base import SpeechOptions
 from parley.engines.registry import build_asr, build_tts, build_vad
 from parley.errors import ClientError, InputTooLargeError, SilentAudioError
@@ -41,9 +42,29 @@ async def run_say(args: argparse.Namespace, console: Console) -> int:
     if not chunks:
         raise ClientError("the voice produced no audio for this text")
     frame = Frame(np.concatenate(chunks), args.rate)
+    mark = ""
+    if settings.trust.watermark:  # as the server does: a payload id of its own, resolvable
+        frame, mark = _watermarked(settings, frame)
     write_audio(args.output, frame)
-    console.print(f"wrote {args.output} ({frame.duration_s:.2f} s at {args.rate} Hz)")
+    console.print(f"wrote {args.output} ({frame.duration_s:.2f} s at {args.rate} Hz{mark})")
     return 0
+
+
+def _watermarked(settings: Settings, frame: Frame) -> tuple[Frame, str]:
+    from parley.ids import new_id
+    from parley.store import Database
+    from parley.trust.marks import MarkRegistry
+    from parley.trust.watermark import WatermarkKey, embed
+
+    trust = settings.trust
+    key = (
+        WatermarkKey.from_hex(trust.watermark_key)
+        if trust.watermark_key
+        else WatermarkKey.load_or_create(trust.watermark_key_file)
+    )
+    with Database(settings.server.database) as database:
+        mark = MarkRegistry(database).issue("", new_id("say"))
+    return embed(key, mark, frame), f", watermark {mark}"
 
 
 async def run_transcribe(args: argparse.Namespace, console: Console) -> int:

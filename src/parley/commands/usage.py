@@ -20,7 +20,7 @@ from typing import Any, Final
 from rich.console import Console
 
 from parley.bench.report import print_table, require_matplotlib
-from parley.commands.options import settings_from
+from parley.commands.options import audit_log, settings_from
 from parley.errors import ClientError
 
 __all__ = ["add_usage_parsers", "parse_since", "run_budgets", "run_usage"]
@@ -191,6 +191,14 @@ async def run_budgets(args: argparse.Namespace, console: Console) -> int:
                     limit_usd=args.limit_usd,
                     soft_usd=args.soft_usd,
                     period=args.period,
+                )
+                audit_log(settings, database).append(
+                    "budget.set",
+                    tenant=budget.tenant,
+                    key_id=budget.key_id,
+                    period=budget.period,
+                    limit_usd=budget.limit_usd,
+                    soft_usd=budget.soft_usd,
                 )
                 who = f"key {budget.key_id} of tenant" if budget.key_id else "tenant"
                 soft = "" if budget.soft_usd is None else f", warn past ${budget.soft_usd:g}"
