@@ -25,8 +25,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
-import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from parley.errors import ConfigError
 from parley.ids import new_id
 from parley.store import Database
+from parley.trust.keyfile import private_file
 from parley.trust.merkle import CompactRange, inclusion_proof, leaf_hash, verify_inclusion
 
 __all__ = [
@@ -98,29 +97,15 @@ class AuditSigner:
     def load_or_create(cls, path: Path, key_name: str = DEFAULT_KEY_NAME) -> AuditSigner:
         """The key in ``path`` (PEM PKCS#8 or the raw 32-byte seed), or a new one written there
         (PEM, mode 0600). A file that group or others may read is refused."""
-        path = Path(path)
-        if not path.exists():
-            key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(
+
+        def new_key() -> bytes:
+            return Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return cls.load_or_create(path, key_name)  # another process won the race
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-            return cls(key, key_name)
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"audit key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-                f"run: chmod 600 {path}"
-            )
-        raw = path.read_bytes()
+
+        raw = private_file(Path(path), "audit key file", new_key)
         try:
             if len(raw) == 32:
                 key = Ed25519PrivateKey.from_private_bytes(raw)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import soxr
 
 from parley.audio.frames import Frame
 from parley.errors import ConfigError
+from parley.trust.keyfile import private_file
 
 __all__ = ["Detection", "Embedder", "WatermarkKey", "detect", "embed"]
 
@@ -105,22 +105,7 @@ class WatermarkKey:
     @classmethod
     def load_or_create(cls, path: Path) -> WatermarkKey:
         """The key in ``path``, created (0600, parent 0700 if new) on first use."""
-        path = Path(path)
-        if not path.exists():
-            if not path.parent.exists():
-                path.parent.mkdir(mode=0o700, parents=True)
-            key = cls.generate()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key._bytes)
-            return key
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"watermark key {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-                f"chmod 600 it"
-            )
-        raw = path.read_bytes()
+        raw = private_file(path, "watermark key", lambda: os.urandom(KEY_BYTES))
         if len(raw) != KEY_BYTES:
             raise ConfigError(f"watermark key {path} has {len(raw)} bytes, not {KEY_BYTES}")
         return cls(raw)
