@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # servers start on two cores in a few minutes); the neural defaults have tests of their own,
 # which clear this (tests/test_defaults.py).
 os.environ["PARLEY_PROFILE"] = "fast"
+# The watermark and audit keys a command or server creates on first use go to a folder of this
+# run, never into the checkout (tests that care pass their own with --set).
+_KEYS = tempfile.mkdtemp(prefix="parley-test-keys-")
+os.environ.setdefault("PARLEY_TRUST_WATERMARK_KEY_FILE", f"{_KEYS}/watermark.key")
+os.environ.setdefault("PARLEY_TRUST_AUDIT_KEY_FILE", f"{_KEYS}/audit.key")
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 

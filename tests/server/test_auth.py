@@ -22,7 +22,17 @@ from tests.server.conftest import ROOT, Server, start_server, stop_server
 
 def cli(db: Path, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "parley.cli", *args, "--set", f"server.database={db}"],
+        [
+            sys.executable,
+            "-m",
+            "parley.cli",
+            *args,
+            "--set",
+            f"server.database={db}",
+            # The audit key beside the database, as start_server's servers use it.
+            "--set",
+            f"trust.audit_key_file={db.parent / 'audit.key'}",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -166,7 +166,8 @@ def test_trust_realtime_reply_is_watermarked_and_audited(trusted: Trusted) -> No
         for line in trusted.parley("audit", "export", "--jsonl").stdout.splitlines()
     ]
     kinds = [r["kind"] for r in records]
-    assert kinds[0] == "server.started"
+    assert kinds[:2] == ["key.created", "key.created"]  # the fixture's keys, then the server
+    assert kinds[2] == "server.started"
     assert {"session.opened", "response", "session.closed"} <= set(kinds)
     (reply,) = [
         r for r in records if r["kind"] == "response" and r["data"]["response_id"] == response_id

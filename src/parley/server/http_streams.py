@@ -10,16 +10,28 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from parley.errors import PayloadTooLargeError
+from parley.errors import ClientError, Code, PayloadTooLargeError
 
-__all__ = ["SSE_HEADERS", "Stream", "first_item", "limited", "resumed", "too_large"]
+__all__ = [
+    "SSE_HEADERS",
+    "Stream",
+    "Upload",
+    "first_item",
+    "limited",
+    "read_upload",
+    "resumed",
+    "too_large",
+]
 
 _T = TypeVar("_T")
 
@@ -95,3 +107,56 @@ async def resumed(first: _T | None, rest: AsyncGenerator[_T, None]) -> AsyncGene
             yield first
             async for item in rest:
                 yield item
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A multipart body's one file and its text fields (in order, repeated names kept)."""
+
+    name: str
+    data: bytes
+    fields: list[tuple[str, str]]
+
+
+async def read_upload(
+    request: Request,
+    field: str,
+    max_bytes: int,
+    *,
+    max_fields: int = 64,
+    max_part_size: int = 256 * 1024,
+) -> Upload:
+    """The file ``field`` of a ``multipart/form-data`` body of at most ``max_bytes``, and its
+    text fields. Every way it can be wrong is a ClientError about ``field`` (wrong content
+    type, malformed multipart, no such file, a text field instead) or a 413."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ClientError(
+            f"Expected a multipart/form-data body with a {field!r} field.",
+            param=field,
+            code=Code.INVALID_CONTENT_TYPE,
+        )
+    try:
+        form = await limited(request, max_bytes).form(
+            max_files=1, max_fields=max_fields, max_part_size=max_part_size
+        )
+    except HTTPException as exc:  # malformed multipart
+        raise ClientError(f"Invalid multipart body: {exc.detail}", param=field) from None
+    try:
+        file = form.get(field)
+        if file is None:
+            raise ClientError(
+                f"Missing required parameter: {field!r}.",
+                param=field,
+                code=Code.MISSING_REQUIRED_PARAMETER,
+            )
+        if not isinstance(file, UploadFile):
+            raise ClientError(
+                f"{field!r} must be a file upload, not a text field.",
+                param=field,
+                code=Code.INVALID_TYPE,
+            )
+        fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        return Upload(file.filename or field, await file.read(), fields)
+    finally:
+        await form.close()

@@ -51,8 +51,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -80,6 +78,7 @@ from parley.server.http_streams import (
     Stream,
     first_item,
     limited,
+    read_upload,
     resumed,
 )
 from parley.server.openai_errors import guarded, sse, sse_error
@@ -340,49 +339,17 @@ class _RestAPI:
             self.turns.release()
 
     async def _read_upload(self, request: Request) -> tuple[tuple[str, bytes], TranscriptionParams]:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise ClientError(
-                "Expected a multipart/form-data body with a 'file' field.",
-                param="file",
-                code=Code.INVALID_CONTENT_TYPE,
-            )
-        try:
-            form = await limited(request, self.max_body_bytes).form(
-                max_files=1, max_fields=64, max_part_size=256 * 1024
-            )
-        except HTTPException as exc:  # malformed multipart
-            raise ClientError(f"Invalid multipart body: {exc.detail}", param="file") from None
-        try:
-            file = form.get("file")
-            if file is None:
-                raise ClientError(
-                    "Missing required parameter: 'file'.",
-                    param="file",
-                    code=Code.MISSING_REQUIRED_PARAMETER,
-                )
-            if not isinstance(file, UploadFile):
-                raise ClientError(
-                    "'file' must be a file upload, not a text field.",
-                    param="file",
-                    code=Code.INVALID_TYPE,
-                )
-            fields = {
-                k: v for k, v in form.multi_items() if isinstance(v, str) and not k.endswith("[]")
-            }
-            granularities = [
-                v
-                for key in ("timestamp_granularities[]", "timestamp_granularities")
-                for v in form.getlist(key)
-                if isinstance(v, str)
-            ]
-            params = TranscriptionParams.model_validate(
-                {**fields, "timestamp_granularities": granularities}
-            )
-            data = await file.read()
-            return (file.filename or "file", data), params
-        finally:
-            await form.close()
+        upload = await read_upload(request, "file", self.max_body_bytes)
+        fields = {k: v for k, v in upload.fields if not k.endswith("[]")}
+        granularities = [
+            v
+            for k, v in upload.fields
+            if k in ("timestamp_granularities[]", "timestamp_granularities")
+        ]
+        params = TranscriptionParams.model_validate(
+            {**fields, "timestamp_granularities": granularities}
+        )
+        return (upload.name, upload.data), params
 
     async def _transcript_events(
         self, items: AsyncGenerator[Recognised | RecordingEnd, None]

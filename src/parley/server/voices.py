@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -46,7 +44,7 @@ from parley.errors import (
     ProtocolError,
 )
 from parley.server.auth import principal_of
-from parley.server.http_streams import limited
+from parley.server.http_streams import limited, read_upload
 from parley.server.openai_errors import guarded
 from parley.store.database import Database
 from parley.trust.consent import DEFAULT_OPERATOR, check_phrase, phrase_language
@@ -277,43 +275,19 @@ class _VoicesAPI:
     # --- bodies -------------------------------------------------------------------------------
 
     async def _form(self, request: Request, file_field: str) -> _Form:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise ClientError(
-                f"Expected a multipart/form-data body with a {file_field!r} field.",
+        upload = await read_upload(
+            request,
+            file_field,
+            self.max_bytes + _FORM_SLACK,
+            max_fields=16,
+            max_part_size=64 * 1024,
+        )
+        if len(upload.data) > self.max_bytes:
+            raise PayloadTooLargeError(
+                f"{file_field!r} is larger than the limit of {self.max_bytes} bytes.",
                 param=file_field,
-                code=Code.INVALID_CONTENT_TYPE,
             )
-        try:
-            form = await limited(request, self.max_bytes + _FORM_SLACK).form(
-                max_files=1, max_fields=16, max_part_size=64 * 1024
-            )
-        except HTTPException as exc:
-            raise ClientError(f"Invalid multipart body: {exc.detail}", param=file_field) from None
-        try:
-            upload = form.get(file_field)
-            if upload is None:
-                raise ClientError(
-                    f"Missing required parameter: {file_field!r}.",
-                    param=file_field,
-                    code=Code.MISSING_REQUIRED_PARAMETER,
-                )
-            if not isinstance(upload, UploadFile):
-                raise ClientError(
-                    f"{file_field!r} must be a file upload, not a text field.",
-                    param=file_field,
-                    code=Code.INVALID_TYPE,
-                )
-            data = await upload.read()
-            if len(data) > self.max_bytes:
-                raise PayloadTooLargeError(
-                    f"{file_field!r} is larger than the limit of {self.max_bytes} bytes.",
-                    param=file_field,
-                )
-            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-            return _Form(fields, upload.filename or file_field, data)
-        finally:
-            await form.close()
+        return _Form(dict(upload.fields), upload.name, upload.data)
 
     async def _fields(self, request: Request) -> dict[str, str]:
         """A small JSON object or form's string fields."""

@@ -12,20 +12,20 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from parley.audio.containers import decode_upload
-from parley.errors import ClientError, Code
 from parley.server.auth import principal_of
+from parley.server.http_streams import read_upload
 from parley.server.openai_errors import guarded
 from parley.trust.watermark import Detection, WatermarkKey, detect
 
 __all__ = ["MAX_DETECT_S", "detection_body", "watermark_route"]
 
 MAX_DETECT_S = 600.0  # a detection needs seconds, not hours
+MAX_DETECT_BYTES = 100 * 1024 * 1024  # 600 s of 16-bit 48 kHz stereo is 115 MB: wav beyond
 
 
 def detection_body(found: Detection, mark: dict[str, Any] | None) -> dict[str, Any]:
@@ -41,25 +41,10 @@ def watermark_route(
     """The route; ``resolve`` maps a payload id to ``{"tenant", "response_id", "time"}``."""
 
     async def detect_endpoint(request: Request) -> Response:
-        async with request.form() as form:
-            file = form.get("file")
-            if file is None:
-                raise ClientError(
-                    "Missing required parameter: 'file'.",
-                    param="file",
-                    code=Code.MISSING_REQUIRED_PARAMETER,
-                )
-            if not isinstance(file, UploadFile):
-                raise ClientError(
-                    "'file' must be a file upload, not a text field.",
-                    param="file",
-                    code=Code.INVALID_TYPE,
-                )
-            data = await file.read()
-            name = file.filename or "file"
-            audio = await asyncio.to_thread(
-                decode_upload, data, name=name, max_duration_s=MAX_DETECT_S
-            )
+        upload = await read_upload(request, "file", MAX_DETECT_BYTES)
+        audio = await asyncio.to_thread(
+            decode_upload, upload.data, name=upload.name, max_duration_s=MAX_DETECT_S
+        )
         key = key_of()
         if key is None:
             return JSONResponse({"detected": False, "score": 0.0, "p_value": 1.0, "payload": None})
