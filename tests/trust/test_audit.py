@@ -281,6 +281,7 @@ def test_audit_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the key file's default, parley-audit.key, lands here
+    monkeypatch.delenv("PARLEY_TRUST_AUDIT_KEY_FILE", raising=False)  # (tests/conftest.py's)
     db_path = tmp_path / "a.db"
     db = ["--set", f"server.database={db_path}"]
     assert main(["audit", "verify", *db]) == 2
