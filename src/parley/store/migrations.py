@@ -25,6 +25,35 @@ class Migration:
     postgresql: str | None = None
 
 
+# Migration 6's tables; binary columns are BLOB on SQLite, BYTEA on PostgreSQL.
+_VOICES = """
+        CREATE TABLE voice_consents (
+            id              TEXT PRIMARY KEY,          -- cons_...
+            tenant          TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            language        TEXT NOT NULL,             -- BCP 47
+            recording       {blob} NOT NULL,           -- the consent recording as uploaded
+            recording_type  TEXT NOT NULL DEFAULT '',  -- its file name / format
+            transcript      TEXT NOT NULL DEFAULT '',  -- what the recogniser heard
+            embedding       {blob},                    -- the speaker embedding (float32)
+            created_at      DOUBLE PRECISION NOT NULL,
+            deleted_at      DOUBLE PRECISION
+        );
+        CREATE INDEX voice_consents_tenant ON voice_consents (tenant);
+        CREATE TABLE custom_voices (
+            id              TEXT PRIMARY KEY,          -- voice_...
+            tenant          TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            consent_id      TEXT NOT NULL REFERENCES voice_consents (id),
+            sample          {blob} NOT NULL,           -- the audio sample (<= 30 s)
+            sample_type     TEXT NOT NULL DEFAULT '',
+            embedding       {blob},
+            created_at      DOUBLE PRECISION NOT NULL,
+            deleted_at      DOUBLE PRECISION          -- deleted, or its consent was
+        );
+        CREATE INDEX custom_voices_tenant ON custom_voices (tenant);
+        """
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
@@ -226,59 +255,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         6,
         "voice_consents_custom_voices",
-        """
-        CREATE TABLE voice_consents (
-            id              TEXT PRIMARY KEY,          -- cons_...
-            tenant          TEXT NOT NULL,
-            name            TEXT NOT NULL,
-            language        TEXT NOT NULL,             -- BCP 47
-            recording       BLOB NOT NULL,           -- the consent recording as uploaded
-            recording_type  TEXT NOT NULL DEFAULT '',  -- its file name / format
-            transcript      TEXT NOT NULL DEFAULT '',  -- what the recogniser heard
-            embedding       BLOB,                    -- the speaker embedding (float32)
-            created_at      DOUBLE PRECISION NOT NULL,
-            deleted_at      DOUBLE PRECISION
-        );
-        CREATE INDEX voice_consents_tenant ON voice_consents (tenant);
-        CREATE TABLE custom_voices (
-            id              TEXT PRIMARY KEY,          -- voice_...
-            tenant          TEXT NOT NULL,
-            name            TEXT NOT NULL,
-            consent_id      TEXT NOT NULL REFERENCES voice_consents (id),
-            sample          BLOB NOT NULL,           -- the audio sample (<= 30 s)
-            sample_type     TEXT NOT NULL DEFAULT '',
-            embedding       BLOB,
-            created_at      DOUBLE PRECISION NOT NULL,
-            deleted_at      DOUBLE PRECISION          -- deleted, or its consent was
-        );
-        CREATE INDEX custom_voices_tenant ON custom_voices (tenant);
-        """,
-        postgresql="""
-        CREATE TABLE voice_consents (
-            id              TEXT PRIMARY KEY,          -- cons_...
-            tenant          TEXT NOT NULL,
-            name            TEXT NOT NULL,
-            language        TEXT NOT NULL,             -- BCP 47
-            recording       BYTEA NOT NULL,           -- the consent recording as uploaded
-            recording_type  TEXT NOT NULL DEFAULT '',  -- its file name / format
-            transcript      TEXT NOT NULL DEFAULT '',  -- what the recogniser heard
-            embedding       BYTEA,                    -- the speaker embedding (float32)
-            created_at      DOUBLE PRECISION NOT NULL,
-            deleted_at      DOUBLE PRECISION
-        );
-        CREATE INDEX voice_consents_tenant ON voice_consents (tenant);
-        CREATE TABLE custom_voices (
-            id              TEXT PRIMARY KEY,          -- voice_...
-            tenant          TEXT NOT NULL,
-            name            TEXT NOT NULL,
-            consent_id      TEXT NOT NULL REFERENCES voice_consents (id),
-            sample          BYTEA NOT NULL,           -- the audio sample (<= 30 s)
-            sample_type     TEXT NOT NULL DEFAULT '',
-            embedding       BYTEA,
-            created_at      DOUBLE PRECISION NOT NULL,
-            deleted_at      DOUBLE PRECISION          -- deleted, or its consent was
-        );
-        CREATE INDEX custom_voices_tenant ON custom_voices (tenant);
-        """,
+        _VOICES.format(blob="BLOB"),
+        postgresql=_VOICES.format(blob="BYTEA"),
     ),
 )
