@@ -9,20 +9,23 @@ patchwork design in numpy only (scipy is not a parley dependency):
   survives 8 kHz G.711 and narrow-band codecs. A period of 64 tile columns (1.28 s) repeats, so any
   3 s excerpt holds two full copies.
 * **Mark.** Each tile's power is multiplied by ``exp(+-ALPHA)``, the sign keyed per tile: 640
-  of the 2,560 tiles of a period carry a known keyed synchronisation pattern, the rest carry the 40
-  coded bits (the 32-bit payload, whitened with a keyed mask, plus a CRC-8), each bit spread over
-  48 tiles. The gain is multiplicative, so the mark hides under the speech's own spectrum and
-  nothing is added in silence; outside 300-3300 Hz the audio is untouched, bit for bit.
+  of the 2,560 tiles of a period carry a known keyed synchronisation pattern, the rest carry the
+  80 coded bits, 24 tiles each: the 32-bit payload, whitened with a keyed mask, plus a CRC-8,
+  through a rate-1/2 tail-biting convolutional code (K = 7). The gain is multiplicative, so the
+  mark hides under the speech's own spectrum and nothing is added in silence; outside 300-3300 Hz
+  the audio is untouched, bit for bit.
 * **Detect.** Resample to 8 kHz, then for each time-scale factor (speed +-5 % in 0.5 % steps) and
   grid phase, take each tile's log power minus its neighbours' in time and frequency (which
   removes the spectral envelope), fold the columns by the period and, at every column offset,
-  correlate with the chips of each of the 41 groups (40 bits, sync). Given the audio, the keyed
-  chips are independent coin flips, so the sum of the squared normalised correlations is no
-  heavier-tailed than chi-square(41) in unmarked audio; its tail (Wilson-Hilferty) times the
-  number of candidates tried (union bound) is the reported p-value, and the score is that tail
-  as a normal deviate. Bits are the signs of their groups' correlations at the best candidate;
-  the payload is reported only when its CRC checks. The benchmark checks the false-positive rate
-  on thousands of unmarked excerpts.
+  correlate with the chips of each of the 81 groups (80 coded bits, sync). Given the audio, the
+  keyed chips are independent coin flips, so in unmarked audio the sync's normalised correlation
+  is no heavier-tailed than a standard normal and the sum of the data groups' squared normalised
+  correlations no heavier-tailed than chi-square(80) (Wilson-Hilferty); Fisher's method combines
+  the two tails, that times the number of candidates tried (union bound) is the reported
+  p-value, and the score is the combined tail as a normal deviate. The payload is the
+  soft-decision (Viterbi) decode of the coded bits' normalised correlations at the best
+  candidate, reported only when its CRC checks. The benchmark checks the false-positive rate on
+  thousands of unmarked excerpts.
 
 It must not know about tenants, the database or HTTP: the payload is an opaque 32-bit id.
 """
@@ -56,8 +59,16 @@ HOPS_PER_COLUMN = 1  # a tile is one 20 ms hop long
 PERIOD = 64  # columns per repetition: 1.28 s
 PAYLOAD_BITS = 32
 CRC_BITS = 8
-CODED_BITS = PAYLOAD_BITS + CRC_BITS
-REPEATS = 48  # tiles per coded bit per period
+INFO_BITS = PAYLOAD_BITS + CRC_BITS  # what the code protects: the whitened payload and its CRC
+# The error-correcting code: a rate-1/2, constraint-length-7 convolutional code (the standard
+# 133/171 octal generators), tail-biting so that no flush bits are spent, decoded by soft-decision
+# Viterbi over the groups' normalised correlations. Why this one: it is a dozen lines of numpy,
+# its soft decoding gains about 5 dB over hard repetition at these short lengths, and the CRC on
+# top still rejects a wrong decode, so a wrong payload is never reported as valid.
+CONSTRAINT = 7
+GENERATORS = (0o133, 0o171)
+CODED_BITS = INFO_BITS * len(GENERATORS)  # 80 coded bits per period
+REPEATS = 24  # tiles per coded bit per period (the same 1,920 data tiles as 40 x 48)
 ALPHA = 0.7  # log-power step per tile (+-3 dB): PESQ-WB stays about 4.3
 SCALES = tuple(round(0.95 + 0.005 * i, 4) for i in range(21))  # speed search, +-5 %
 SEGMENT_S = 4.0  # longer audio is searched in segments so scale drift stays under a tile
@@ -143,7 +154,7 @@ def _pattern(key: bytes) -> _Pattern:
     cached = _PATTERNS.get(key)
     if cached is not None:
         return cached
-    seed = hashlib.sha256(b"parley-watermark-v1" + key).digest()
+    seed = hashlib.sha256(b"parley-watermark-v2" + key).digest()
     rng = np.random.default_rng(int.from_bytes(seed, "big"))
     chips = rng.choice(np.array([-1.0, 1.0]), size=(PERIOD, N_BANDS))
     order = rng.permutation(PERIOD * N_BANDS)
@@ -172,14 +183,73 @@ def _crc8(value: int) -> int:
     return crc
 
 
-def _coded_bits(value: int) -> Array:
+_STATES = 1 << (CONSTRAINT - 1)
+
+
+def _parity(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    x = x.copy()
+    for shift in (4, 2, 1):
+        x ^= x >> shift
+    return x & 1
+
+
+# The outputs of every (state, input) transition: window = state << 1 | input, bit 0 newest.
+_WINDOWS = np.arange(2 * _STATES, dtype=np.int64)
+_OUTPUTS = np.stack([_parity(_WINDOWS & g) for g in GENERATORS], axis=1)  # (2 * STATES, 2)
+
+
+def _info_bits(value: int) -> npt.NDArray[np.int64]:
     word = (value << CRC_BITS) | _crc8(value)
-    return np.array([(word >> (CODED_BITS - 1 - i)) & 1 for i in range(CODED_BITS)], np.float64)
+    return np.array([(word >> (INFO_BITS - 1 - i)) & 1 for i in range(INFO_BITS)], np.int64)
 
 
-def _decode_bits(bits: npt.NDArray[np.bool_], mask: int) -> tuple[int, bool]:
+def _coded_bits(value: int) -> Array:
+    """The 80 coded bits: tail-biting, so the encoder starts in the state its last bits leave."""
+    info = _info_bits(value)
+    state = 0
+    for bit in info[-(CONSTRAINT - 1) :]:
+        state = ((state << 1) | int(bit)) & (_STATES - 1)
+    out = np.zeros(CODED_BITS)
+    for i, bit in enumerate(info):
+        window = (state << 1) | int(bit)
+        out[len(GENERATORS) * i : len(GENERATORS) * (i + 1)] = _OUTPUTS[window]
+        state = window & (_STATES - 1)
+    return out
+
+
+def _viterbi(soft: Array) -> npt.NDArray[np.int64]:
+    """Maximum-likelihood tail-biting decode of the 80 soft values (positive means a 1).
+
+    Exact: one Viterbi pass per possible start state (64 of them, in parallel), each required to
+    end where it started; the best of those paths wins.
+    """
+    signs = 2.0 * _OUTPUTS - 1.0  # (2 * STATES, 2)
+    pairs = soft.reshape(INFO_BITS, len(GENERATORS))
+    branch = pairs @ signs.T  # (INFO_BITS, 2 * STATES): metric of each window at each step
+    nxt = np.arange(_STATES)
+    # next state ns comes from windows w = prev << 1 | (ns & 1) with prev = ns >> 1 | b << 5
+    prev = np.stack([(nxt >> 1) | (b << (CONSTRAINT - 2)) for b in (0, 1)])  # (2, STATES)
+    windows = (prev << 1) | (nxt & 1)  # (2, STATES)
+    metric = np.full((_STATES, _STATES), -np.inf)  # (start state, state)
+    metric[nxt, nxt] = 0.0
+    choices = np.zeros((INFO_BITS, _STATES, _STATES), np.int64)
+    for t in range(INFO_BITS):
+        cand = metric[:, prev] + branch[t][windows]  # (start, 2, STATES)
+        pick = np.argmax(cand, axis=1)
+        choices[t] = pick
+        metric = np.take_along_axis(cand, pick[:, None, :], axis=1)[:, 0, :]
+    start = int(np.argmax(metric[nxt, nxt]))
+    bits = np.zeros(INFO_BITS, np.int64)
+    state = start
+    for t in range(INFO_BITS - 1, -1, -1):
+        bits[t] = state & 1
+        state = int(prev[choices[t, start, state], state])
+    return bits
+
+
+def _decode_bits(soft: Array, mask: int) -> tuple[int, bool]:
     word = 0
-    for bit in bits:
+    for bit in _viterbi(soft):
         word = (word << 1) | int(bit)
     value = word >> CRC_BITS
     return value ^ mask, _crc8(value) == (word & 0xFF)
@@ -277,7 +347,7 @@ class Detection:
     """What :func:`detect` found: ``payload`` is set only when its CRC checks."""
 
     detected: bool
-    score: float  # the best normalised correlation with the sync pattern (a z-score)
+    score: float  # the best candidate's combined tail as a normal deviate (a z-score)
     p_value: float  # chance of a score this high in unmarked audio, search included
     payload: int | None
 
@@ -292,11 +362,41 @@ class Detection:
 
 @dataclass(frozen=True, slots=True)
 class _Candidate:
-    statistic: float  # sum of the squared normalised group correlations (41 of them)
-    soft: Array  # the groups' correlations: the 40 coded bits, then the sync pattern
+    statistic: float  # -ln of the candidate's combined tail probability (larger is stronger)
+    soft: Array  # the groups' normalised correlations: the 80 coded bits, then the sync pattern
 
 
 GROUPS = CODED_BITS + 1
+
+
+def _log_tail(z: float) -> float:
+    """ln P(N(0, 1) > z), accurate far into the tail."""
+    if z < 30.0:
+        return math.log(max(0.5 * math.erfc(z / math.sqrt(2.0)), 1e-300))
+    return -0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi))
+
+
+def _deviate(log_p: float) -> float:
+    """The standard normal deviate whose upper tail is exp(log_p) (bisection)."""
+    lo, hi = -40.0, 60.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _log_tail(mid) > log_p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _combined(sync_z: float, data_chi2: float) -> float:
+    """-ln of Fisher's combination of the sync's and the data groups' tails.
+
+    The coded bits are unknown to the detector, so their 80 groups enter as a sum of squares
+    (chi-square(80) in unmarked audio); the sync pattern is known, so it enters as a signed
+    z-score. Summing them as one chi-square(81) would let the 80 data degrees of freedom drown
+    the sync's coherent evidence; Fisher's -2 ln(p_sync p_data), chi-square(4) when both are
+    uniform (they are independent: disjoint tiles, independent keyed chips), keeps it.
+    """
+    log_p = _log_tail(sync_z) + _log_tail(_wilson_hilferty(data_chi2, CODED_BITS))
+    half = -log_p  # X / 2 for X = -2 ln(p1 p2)
+    return half - math.log1p(half)
 
 
 def _wilson_hilferty(x: float, k: int) -> float:
@@ -314,20 +414,20 @@ def detect(key: WatermarkKey, audio: Frame) -> Detection:
     best, tried = _search(pattern, _at_detect_rate(audio))
     if best is None or best.statistic <= 0:
         return Detection(False, 0.0, 1.0, None)
-    z = _wilson_hilferty(best.statistic, GROUPS)
-    p_value = min(1.0, tried * 0.5 * math.erfc(z / math.sqrt(2.0)))
+    z = _deviate(-best.statistic)
+    p_value = min(1.0, tried * math.exp(-best.statistic))
     detected = p_value < DETECT_P
-    value, ok = _decode_bits(best.soft[:CODED_BITS] > 0, pattern.mask)
+    value, ok = _decode_bits(best.soft[:CODED_BITS], pattern.mask)
     return Detection(detected, z, p_value, value if detected and ok else None)
 
 
 def decode_bits(key: WatermarkKey, audio: Frame) -> npt.NDArray[np.bool_] | None:
-    """The raw 32 payload bits read at the best alignment (for measuring bit accuracy)."""
+    """The 32 decoded payload bits at the best alignment, CRC or not (for bit accuracy)."""
     pattern = key.pattern()
     best, _ = _search(pattern, _at_detect_rate(audio))
     if best is None:
         return None
-    value, _ = _decode_bits(best.soft[:CODED_BITS] > 0, pattern.mask)
+    value, _ = _decode_bits(best.soft[:CODED_BITS], pattern.mask)
     return np.array([(value >> (31 - i)) & 1 for i in range(32)], bool)
 
 
@@ -407,15 +507,19 @@ def _offsets(pattern: _Pattern, folded: Array) -> list[_Candidate]:
     """Correlates the folded residuals with every group's chips at every column offset.
 
     Given the audio, the keyed chips are independent signs, so each group's correlation over its
-    own energy is a Rademacher sum with at most a standard normal's moments; their squares sum
-    to a statistic no heavier-tailed than chi-square with 41 degrees of freedom.
+    own energy is a Rademacher sum with at most a standard normal's moments: the sync's is
+    compared with a normal tail, the 80 data groups' squares with chi-square(80) (see
+    :func:`_combined`).
     """
     # sums[o, g] = sum over tiles (p, b) of folded[p - o, b] * chips[p, b] * [tile in g]
-    spectrum = np.conj(np.fft.fft(folded, axis=0))
-    sums = np.fft.ifft(np.einsum("pb,pbg->pg", spectrum, pattern.chip_spectrum), axis=0).real
-    spectrum = np.conj(np.fft.fft(folded * folded, axis=0))
-    energy = np.fft.ifft(np.einsum("pb,pbg->pg", spectrum, pattern.group_spectrum), axis=0).real
+    # (a batched matmul over p: several times faster than the equivalent einsum)
+    spectrum = np.conj(np.fft.fft(folded, axis=0))[:, None, :]
+    sums = np.fft.ifft(np.matmul(spectrum, pattern.chip_spectrum)[:, 0, :], axis=0).real
+    spectrum = np.conj(np.fft.fft(folded * folded, axis=0))[:, None, :]
+    energy = np.fft.ifft(np.matmul(spectrum, pattern.group_spectrum)[:, 0, :], axis=0).real
     ratio = np.where(energy > 1e-12, sums * sums / np.maximum(energy, 1e-12), 0.0)
-    ratio[:, -1] *= sums[:, -1] > 0  # the sync pattern counts only with its own sign
-    stats = ratio.sum(axis=1)
-    return [_Candidate(float(stats[o]), sums[o]) for o in range(PERIOD)]
+    soft = np.where(energy > 1e-12, sums / np.sqrt(np.maximum(energy, 1e-12)), 0.0)
+    data = ratio[:, :-1].sum(axis=1)
+    return [
+        _Candidate(_combined(float(soft[o, -1]), float(data[o])), soft[o]) for o in range(PERIOD)
+    ]
