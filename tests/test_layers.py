@@ -42,6 +42,7 @@ FORBIDDEN = {
     "ledger": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
     "pipeline": ("realtime", "server", "cli", "commands", "models", "bench"),
     "realtime": ("server", "cli", "commands", "models", "bench"),
+    "transports": ("pipeline", "realtime", "server", "cli", "commands", "models", "bench"),
     "server": ("cli", "commands"),
     "bench": ("cli", "commands"),
 }

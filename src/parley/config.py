@@ -186,6 +186,37 @@ class ServerSettings(_Section):
     max_audio_s: float = Field(1500.0, gt=0, le=4 * 3600)
 
 
+class IceServer(_Section):
+    # A STUN or TURN server as RTCPeerConnection's iceServers take it.
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRTCSettings(_Section):
+    # STUN/TURN servers for /v1/realtime/calls. Empty (the default): none is asked, so parley
+    # never talks to a public STUN server by itself; a browser on the same network (or machine)
+    # reaches it through host candidates.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    # The IP addresses offered as host candidates. Empty: every interface's address but
+    # 127.0.0.1 (aiortc's choice). ["127.0.0.1"] keeps WebRTC on loopback (tests, one machine).
+    host_addresses: list[str] = Field(default_factory=list)
+    # A call whose media stops (peer gone, ICE/DTLS failed) ends after this many seconds.
+    media_timeout_s: float = Field(15.0, gt=0, le=600)
+    # At most this many WebRTC calls at once on this server (Opus costs CPU).
+    max_calls: int = Field(64, ge=1, le=100000)
+
+
+class WebSettings(_Section):
+    # The web page at /: on unless switched off.
+    page: bool = True
+    # The tenant whose key the page's "get a key" button mints ephemeral keys for
+    # (`parley serve --web-demo-tenant NAME`); unset: the page asks the person for a key.
+    demo_tenant: str | None = None
+    # Who may mint demo keys: client networks (CIDR). Default: this machine only.
+    demo_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+
 # The engines a profile picks where the config names none (``[asr] engine`` / ``[tts] engine``).
 # neural: Whisper tiny.en and the Piper voice joe, from pinned PyPI wheels (the default; good
 # English, about four callers per two cores). fast: pocketsphinx and espeak-ng (robotic and
@@ -208,6 +239,8 @@ class Settings(_Section):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
+    webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     log_level: str = "INFO"
 
     @model_validator(mode="before")

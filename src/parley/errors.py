@@ -15,6 +15,7 @@ concerns and the client's ``event_id``. Errors are split by who is at fault::
     │   ├── ConfigError              invalid_request  400     invalid_config
     │   ├── NotFoundError            invalid_request  404     not_found
     │   ├── AuthenticationError      invalid_request  401     invalid_api_key
+    │   ├── PermissionDeniedError    invalid_request  403     permission_denied
     │   ├── RateLimitError           requests         429     rate_limit_exceeded
     │   ├── InsufficientQuotaError   insufficient_quota 429   insufficient_quota
     │   └── SessionClosedError       invalid_request  400     (given: session_expired, ...)
@@ -103,6 +104,7 @@ class Code(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     AUTH_DISABLED = "auth_disabled"
+    PERMISSION_DENIED = "permission_denied"
     INVALID_API_KEY = "invalid_api_key"
     MISSING_API_KEY = "missing_api_key"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
@@ -215,6 +217,13 @@ class AuthenticationError(ClientError):
 
     status = 401
     code = Code.INVALID_API_KEY
+
+
+class PermissionDeniedError(ClientError):
+    """A known caller that may not do this (the web page's demo key from afar)."""
+
+    status = 403
+    code = Code.PERMISSION_DENIED
 
 
 class RateLimitError(ClientError):

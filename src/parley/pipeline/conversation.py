@@ -64,6 +64,7 @@ class Pipeline:
         caller: Caller | None = None,
         marker: Marker | None = None,
         custom_voice: Callable[[str], TTS] | None = None,
+        playout: Callable[[str], float | None] | None = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -110,6 +111,7 @@ class Pipeline:
             control=self.control,
             marker=marker,
             custom_voice=custom_voice,
+            playout=playout,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------

@@ -124,6 +124,8 @@ class ResponseDone:
     usage: Usage | None
     timeline: TurnTimeline
     error: ParleyError | None = None
+    # What the response's engine calls cost (metering with prices set), else None.
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

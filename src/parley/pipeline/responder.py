@@ -123,8 +123,12 @@ class Responder:
         control: CallerControl | None = None,
         marker: Marker | None = None,
         custom_voice: Callable[[str], TTS] | None = None,
+        playout: Callable[[str], float | None] | None = None,
     ) -> None:
         self.llm = llm
+        # response id -> ms of its audio played out, where the transport knows (RTP); else the
+        # time since its first audio stands for it.
+        self.playout = playout
         # voice_... -> the TTS speaking that custom voice (raises when it is gone or unspeakable)
         self.custom_voice = custom_voice
         self.control = control
@@ -222,7 +226,7 @@ class Responder:
         if playing is None or playing.playback_start_ms is None:
             return
         audio_ms = playing.audio_ms
-        heard_ms = min(max(self._clock() - playing.playback_start_ms, 0.0), audio_ms)
+        heard_ms = self._heard_ms(playing)
         self.playback = None
         if heard_ms >= audio_ms and playing.done:
             return  # it had finished playing
@@ -281,11 +285,7 @@ class Responder:
         if status == "cancelled":
             self.stale.add(resp.id)
             reason = reason or resp.cancel_reason or "client_cancelled"
-        heard = (
-            resp.text
-            if status != "cancelled"
-            else resp.heard_text(self._clock() - (resp.playback_start_ms or self._clock()))
-        )
+        heard = resp.text if status != "cancelled" else resp.heard_text(self._heard_ms(resp))
         if resp.text or resp.audio_samples:
             # The item stays even if nothing was heard: the client was shown it and may still
             # refer to it. An empty message never reaches the model (History.prompt skips it).
@@ -293,8 +293,11 @@ class Responder:
                 self.history.replace_text(resp.item_id, heard)
         else:
             self.history.delete(resp.item_id)  # nothing was said: no empty item lingers
+        cost_usd = None
         if resp.plan is not None:  # settled, in the ledger and audited before response.done
-            resp.plan.close(status=status, mark=resp.mark)
+            records = resp.plan.close(status=status, mark=resp.mark)
+            if resp.plan.control.plane.prices:  # what it cost, where prices are set
+                cost_usd = sum(r.cost_nusd for r in records) / 1e9
         self._emit(
             ResponseDone(
                 resp.id,
@@ -307,8 +310,17 @@ class Responder:
                 resp.usage,
                 resp.timeline,
                 error,
+                cost_usd,
             )
         )
+
+    def _heard_ms(self, resp: Response) -> float:
+        """How much of ``resp``'s audio the listener has been played."""
+        played = self.playout(resp.id) if self.playout is not None else None
+        if played is None:
+            start = resp.playback_start_ms
+            played = 0.0 if start is None else self._clock() - start
+        return min(max(played, 0.0), resp.audio_ms)
 
     async def _generate(
         self, resp: Response, request: ChatRequest, clauses: asyncio.Queue[str | None]

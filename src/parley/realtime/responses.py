@@ -279,9 +279,11 @@ class ActiveResponse:
         )
 
     def timeline_event(
-        self, event: Event, status: Status, timeline: TurnTimeline
+        self, event: Event, status: Status, timeline: TurnTimeline, cost_usd: float | None = None
     ) -> dict[str, Any]:
-        """parley's extension: the turn's latency timeline (``?parley_timeline=1``)."""
+        """parley's extension: the turn's latency timeline (``?parley_timeline=1``), and what
+        the response cost where metering has prices."""
+        cost = {} if cost_usd is None else {"cost_usd": cost_usd}
         return event(
             "parley.turn.timeline",
             response_id=self.id,
@@ -289,5 +291,6 @@ class ActiveResponse:
             status=status,
             audio_ms=round(self.audio_ms, 1),
             **timeline.to_dict(),
+            **cost,
             _first_audio_out_ns=timeline.marks.get("first_audio_out"),
         )

@@ -7,15 +7,13 @@ of responses whose queued audio must not be sent any more. It never awaits a soc
 the transport adapter (:mod:`parley.server.realtime_ws`) is a thin loop around it, so every
 protocol behaviour, races included, is tested synchronously and table-driven.
 
-Its state is three things, each kept once:
-
-- the configuration, a typed :class:`~parley.realtime.wire.SessionConfig` validated only at
-  ``session.update`` (:mod:`parley.realtime.config`);
-- the conversation, the pipeline's :class:`~parley.pipeline.history.History`, which is the one
-  item registry: each item carries what the model sees and (``view``) what the client was shown;
-- the active response and its explicit phase (:mod:`parley.realtime.responses`, where the legal
-  transitions are written down). The session, not the pipeline, decides when a response starts
-  and allocates its ids, so a ``response.cancel`` can never race the response's creation.
+Its state is three things, each kept once: the configuration, a typed
+:class:`~parley.realtime.wire.SessionConfig` validated only at ``session.update``
+(:mod:`parley.realtime.config`); the conversation, the pipeline's
+:class:`~parley.pipeline.history.History`, the one item registry (each item carries what the model
+sees and, as ``view``, what the client was shown); and the active response with its explicit phase
+(:mod:`parley.realtime.responses`). The session, not the pipeline, decides when a response starts
+and allocates its ids, so a ``response.cancel`` can never race the response's creation.
 
 Beta clients get the same session; their events are renamed on the way in and out.
 """
@@ -29,6 +27,7 @@ from typing import Any, Literal, assert_never
 from pydantic import ValidationError
 
 from parley.audio.formats import b64decode_audio, decode_wire
+from parley.audio.frames import Frame
 from parley.config import Settings
 from parley.engines.base import ContentPart, Message
 from parley.errors import (
@@ -163,7 +162,11 @@ class RealtimeSession:
 
     def open(self) -> Output:
         """``session.created`` and the initial configuration."""
-        return Output([event("session.created", session=self.session_object)], [self.configure()])
+        return Output([self.created()], [self.configure()])
+
+    def created(self) -> dict[str, Any]:
+        """``session.created`` as the session is now (also for a wire attaching later)."""
+        return event("session.created", session=self.session_object)
 
     # --- client events -----------------------------------------------------------------------
 
@@ -257,6 +260,10 @@ class RealtimeSession:
             raise ProtocolError(
                 exc.message, param="audio", code=exc.code, event_id=ev.event_id
             ) from exc
+        return self.append_audio(frame)
+
+    def append_audio(self, frame: Frame) -> Output:
+        """Input audio in the input format's rate, from the events or apart from them (RTP)."""
         out = Output(commands=[PushAudio(frame)])
         if self.inputs.appended(frame.duration_ms) and self.phase is Phase.IDLE:
             # The caller stayed silent past idle_timeout_ms: an empty user turn, then a reply.
@@ -396,7 +403,7 @@ class RealtimeSession:
         out.events.append(resp.done(event, status, reason=reason, usage=usage, error=error))
         out.events.append(event("rate_limits.updated", rate_limits=self._rate_limits()))
         if self.timeline and done is not None:
-            out.events.append(resp.timeline_event(event, status, done.timeline))
+            out.events.append(resp.timeline_event(event, status, done.timeline, done.cost_usd))
         if status == "completed" and done is not None:
             self.inputs.replied(done.audio_ms, cfg.idle_timeout_ms(self.config))
         if self._queued_turn is not None:

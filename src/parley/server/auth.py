@@ -55,6 +55,18 @@ METRICS_PATH = "/metrics"
 # Reports across tenants: a tenant's key sees its own tenant, the operator's admin token all.
 ADMIN_PATHS = "/v1/organization/"
 REALTIME_PATHS = ("/v1/realtime", "/realtime")
+CALLS_PATH = "/v1/realtime/calls"  # a WebRTC call: an ephemeral key is spent on its offer
+# The web page (parley.server.web): what it asks first, and its demo key.
+WEB_CONFIG_PATH = "/v1/parley/web/config"
+WEB_DEMO_SECRETS_PATH = "/v1/parley/web/client_secrets"
+
+
+def is_public(path: str) -> bool:
+    """Paths anyone may fetch without a key: the page, its files, what it asks first and the
+    demo key, which checks the client's address itself."""
+    return path in ("/", WEB_CONFIG_PATH, WEB_DEMO_SECRETS_PATH) or path.startswith("/web/")
+
+
 # WebSocket connections set up at once, and how long one more may wait for a slot. A session's
 # setup is CPU work on the event loop, done one after another whatever the limit: a small limit
 # bounds how much of it one turn of the loop can hold (300 connects at once: 2 and 4 kept open
@@ -255,7 +267,9 @@ class AuthMiddleware:
             state["principal"] = Principal("", admin=True)
             await self.app(scope, receive, send)
             return
-        if self.keys is None:
+        if self.keys is None or (kind == "http" and is_public(scope["path"])):
+            # The web page, its files and what it asks first need no key (the demo key
+            # endpoint checks the client's address itself).
             state["principal"] = Principal("")
             await self.app(scope, receive, send)
             return
@@ -284,7 +298,8 @@ class AuthMiddleware:
         elif token.startswith(SECRET_PREFIX):
             secret = (
                 await asyncio.to_thread(self.keys.redeem_client_secret, token)
-                if kind == "websocket" and scope["path"] in REALTIME_PATHS
+                if (kind == "websocket" and scope["path"] in REALTIME_PATHS)
+                or (kind == "http" and scope["path"] == CALLS_PATH)
                 else None
             )
             if secret is not None:

@@ -1,7 +1,9 @@
-"""The Realtime WebSocket adapter: a thin loop around the sans-I/O session and the pipeline.
+"""A Realtime connection: a thin loop around the sans-I/O session and the pipeline.
 
 One connection = one :class:`~parley.pipeline.Pipeline` + one
-:class:`~parley.realtime.session.RealtimeSession` + one ``TaskGroup`` of three tasks:
+:class:`~parley.realtime.session.RealtimeSession` + one ``TaskGroup`` of three tasks, over a
+:class:`~parley.transports.wire.Wire` (the client's WebSocket, or a WebRTC call's data channel,
+whose reply audio then goes out as RTP through its :class:`~parley.transports.wire.Media`):
 
 - the *reader* moves client messages into the :class:`Inbox` and stops reading while more than
   :data:`MAX_INBOX_BYTES` wait there (TCP then slows a client that sends faster than the
@@ -13,6 +15,10 @@ One connection = one :class:`~parley.pipeline.Pipeline` + one
 - the *writer* is the only task that sends. Its :class:`Outbox` drops queued audio of a
   response that was cancelled or interrupted, and is bounded: a client that stops reading is
   disconnected once :data:`MAX_OUTBOX_BYTES` are waiting for it, with a log line.
+
+More wires may attach to a running session (``/v1/realtime?call_id=``: a server-side
+WebSocket beside a WebRTC call): each gets every event through a writer and outbox of its own, and
+its client events go to the same session; it leaving ends nothing else.
 
 A session ends when the client leaves, when it expires, when its key is revoked or when the
 client stops reading; each of the last three sends an ``error`` event and then a close frame.
@@ -32,14 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
+from parley.audio.frames import Frame
 from parley.audio.resample import resample
 from parley.engines.registry import Engines
 from parley.errors import Code, EngineError, ParleyError, SessionClosedError, as_parley_error
 from parley.logs import log_context, turn_fields
 from parley.pipeline import Pipeline
-from parley.pipeline.events import PipelineEvent, ResponseDone
+from parley.pipeline.events import PipelineEvent, ResponseAudio, ResponseDone
 from parley.realtime.commands import (
     CancelResponse,
     ClearInput,
@@ -52,9 +57,11 @@ from parley.realtime.commands import (
     TranscribeItem,
     Truncate,
 )
+from parley.realtime.items import event as server_event
 from parley.realtime.session import Output, RealtimeSession
 from parley.server.metrics import Metrics
 from parley.server.tracing import TurnTracer
+from parley.transports.wire import Media, Wire, WireClosed
 
 __all__ = ["MAX_INBOX_BYTES", "MAX_OUTBOX_BYTES", "Connection", "Inbox", "Outbox"]
 
@@ -74,6 +81,21 @@ _LATER = object()  # a command whose outcome comes back through the inbox
 class _Client:
     raw: str | bytes
 
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    """Input audio that came apart from the events (RTP)."""
+
+    frame: Frame
+
+    @property
+    def size(self) -> int:
+        return 2 * len(self.frame)
+
 
 @dataclass(frozen=True, slots=True)
 class _Result:
@@ -90,7 +112,15 @@ class Ended:
     close_code: int = 1000
 
 
-_Input = _Client | _Result | Ended | PipelineEvent
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A server event of the transport's own (``output_audio_buffer.*`` of a WebRTC call)."""
+
+    type: str
+    fields: dict[str, Any]
+
+
+_Input = _Client | _Audio | _Result | Ended | _Event | PipelineEvent
 
 
 class Inbox:
@@ -98,22 +128,28 @@ class Inbox:
 
     def __init__(self, max_client_bytes: int = MAX_INBOX_BYTES) -> None:
         self._urgent: deque[_Input] = deque()
-        self._client: deque[_Client] = deque()
+        self._client: deque[_Client | _Audio] = deque()
         self._client_bytes = 0
         self._limit = max_client_bytes
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
 
-    def put_event(self, item: PipelineEvent | _Result | Ended) -> None:
+    def put_event(self, item: PipelineEvent | _Result | Ended | _Event) -> None:
         self._urgent.append(item)
         self._ready.set()
 
     async def put_client(self, raw: str | bytes) -> None:
-        while self._client and self._client_bytes + len(raw) > self._limit:
+        await self._put(_Client(raw))
+
+    async def put_audio(self, frame: Frame) -> None:
+        await self._put(_Audio(frame))
+
+    async def _put(self, item: _Client | _Audio) -> None:
+        while self._client and self._client_bytes + item.size > self._limit:
             self._room.clear()
             await self._room.wait()
-        self._client.append(_Client(raw))
-        self._client_bytes += len(raw)
+        self._client.append(item)
+        self._client_bytes += item.size
         self._ready.set()
 
     async def get(self) -> _Input:
@@ -122,7 +158,7 @@ class Inbox:
                 return self._urgent.popleft()
             if self._client:
                 item = self._client.popleft()
-                self._client_bytes -= len(item.raw)
+                self._client_bytes -= item.size
                 self._room.set()
                 return item
             self._ready.clear()
@@ -181,11 +217,11 @@ class Outbox:
 
 
 class Connection:
-    """One Realtime WebSocket connection's tasks around its session and pipeline."""
+    """One Realtime connection's tasks around its session and pipeline."""
 
     def __init__(
         self,
-        ws: WebSocket,
+        wire: Wire,
         session: RealtimeSession,
         pipeline: Pipeline,
         engines: Engines,
@@ -194,8 +230,13 @@ class Connection:
         metrics: Metrics,
         tracer: TurnTracer,
         outbox_bytes: int = MAX_OUTBOX_BYTES,
+        media: Media | None = None,
     ) -> None:
-        self.ws = ws
+        self.wire = wire
+        self.media = media
+        # Wires attached beside the client's (server-side controls), each with its own outbox.
+        self._sidebands: dict[Wire, Outbox] = {}
+        self.ended = asyncio.Event()
         self.session = session
         self.pipeline = pipeline
         self.engines = engines
@@ -211,7 +252,7 @@ class Connection:
         ended: Ended
         try:
             async with asyncio.TaskGroup() as tg:
-                writer = tg.create_task(self.write())
+                writer = tg.create_task(self.write(self.wire, self.outbox))
                 reader = tg.create_task(self.read())
                 watcher = watch() if watch is not None else None
                 if watcher is not None:
@@ -220,6 +261,8 @@ class Connection:
                     ended = await self.drive()
                 finally:
                     reader.cancel()
+                    for outbox in self._sidebands.values():
+                        outbox.put(None)
                     if watcher is not None:
                         watcher.cancel()
                     for task in self._background:
@@ -239,14 +282,16 @@ class Connection:
             log.exception("realtime session %s failed", self.session.id)
             ended = Ended(as_parley_error(exc), 1011)
             with contextlib.suppress(Exception):
-                await self.ws.send_text(
+                await self.wire.send(
                     json.dumps(self.session.error(EngineError("internal server error")))
                 )
+        finally:
+            self.ended.set()
         if ended.error is None:
             return  # the client left: nothing to send
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
-                await self.ws.close(code=ended.close_code, reason=ended.error.code[:120])
+                await self.wire.close(ended.close_code, ended.error.code)
 
     def _watched(self, watcher: asyncio.Future[Ended]) -> None:
         if watcher.cancelled():
@@ -259,18 +304,35 @@ class Connection:
     # --- the three tasks ---------------------------------------------------------------------
 
     async def read(self) -> None:
-        try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                raw: str | bytes | None = message.get("text")
-                if raw is None:
-                    raw = message.get("bytes") or b""
-                await self.inbox.put_client(raw)
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+        while (raw := await self.wire.receive()) is not None:
+            await self.inbox.put_client(raw)
         self.inbox.put_event(Ended())
+
+    async def attach(self, wire: Wire) -> None:
+        """Serve ``wire`` beside the client's until it leaves or the session ends: it gets
+        ``session.created`` with the session as it is now, then every event, and its client
+        events go to the same session."""
+        if self.ended.is_set():
+            await wire.close(1000, "session ended")
+            return
+        outbox = Outbox(self.outbox.limit)
+        outbox.put(self.session.created())
+        self._sidebands[wire] = outbox
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self.write(wire, outbox))
+                reader = tg.create_task(self._read_sideband(wire))
+                await asyncio.wait([writer, reader], return_when=asyncio.FIRST_COMPLETED)
+                writer.cancel()
+                reader.cancel()
+        finally:
+            self._sidebands.pop(wire, None)
+        if self.ended.is_set():
+            await wire.close(1000, "session ended")
+
+    async def _read_sideband(self, wire: Wire) -> None:
+        while (raw := await wire.receive()) is not None:
+            await self.inbox.put_client(raw)
 
     async def drive(self) -> Ended:
         await self.deliver(self.session.open())
@@ -279,6 +341,10 @@ class Connection:
             match item:
                 case _Client(raw=raw):
                     out = self.session.receive(raw)
+                case _Audio(frame=frame):
+                    out = self.session.append_audio(frame)
+                case _Event(type=kind, fields=fields):
+                    out = Output([server_event(kind, **fields)])
                 case _Result(command=command, result=result, error=error):
                     out = (
                         self.session.command_done(command, result)
@@ -289,6 +355,8 @@ class Connection:
                     return item
                 case _:
                     out = self.session.pipeline_event(self._observe(item))
+                    if self.media is not None:
+                        out = self._to_media(item, out)
             await self.deliver(out)
             if self._overflowed:
                 log.warning(
@@ -306,12 +374,14 @@ class Connection:
                     1008,
                 )
 
-    async def write(self) -> None:
+    async def write(self, wire: Wire, outbox: Outbox) -> None:
         first_sent: dict[str, int] = {}  # response id -> when its first audio left
-        while (event := await self.outbox.get()) is not None:
+        while (event := await outbox.get()) is not None:
             kind = event["type"]
             if kind == "parley.turn.timeline":
-                emitted = event.pop("_first_audio_out_ns", None)
+                # The event is shared by every wire's outbox: each sends a copy of its own.
+                emitted = event.get("_first_audio_out_ns")
+                event = {k: v for k, v in event.items() if k != "_first_audio_out_ns"}
                 sent = first_sent.pop(event["response_id"], None)
                 if emitted is not None and sent is not None:
                     event["socket_send_ms"] = (sent - emitted) / 1e6
@@ -319,8 +389,8 @@ class Connection:
             if encoded is None:
                 continue
             try:
-                await self.ws.send_text(json.dumps(encoded, separators=(",", ":")))
-            except (WebSocketDisconnect, RuntimeError):
+                await wire.send(json.dumps(encoded, separators=(",", ":")))
+            except WireClosed:
                 return  # the client went away; the reader notices and ends the session
             if kind == _AUDIO_DELTA and self.session.timeline:
                 first_sent.setdefault(event["response_id"], time.perf_counter_ns())
@@ -339,9 +409,17 @@ class Connection:
         """Queue the events, drop stale audio, then carry out the commands in order."""
         for response_id in output.stale:
             self.outbox.drop_audio(response_id)
+            if self.media is not None:
+                self.media.clear(response_id)
         for event in output.events:
             if not self.outbox.put(event):
                 self._overflowed = True
+            for wire, outbox in list(self._sidebands.items()):
+                if not outbox.put(event):  # a side wire that stops reading is let go alone
+                    log.warning("realtime session %s: a side wire is not reading", self.session.id)
+                    outbox.clear()
+                    outbox.put(None)
+                    self._sidebands.pop(wire, None)
         for command in output.commands:
             try:
                 result = await self.execute(command)
@@ -352,6 +430,23 @@ class Connection:
                     continue
                 follow_up = self.session.command_done(command, result)
             await self.deliver(follow_up)
+
+    def _to_media(self, event: PipelineEvent, out: Output) -> Output:
+        """Reply audio goes out as RTP, not as ``response.output_audio.delta`` events."""
+        assert self.media is not None
+        if isinstance(event, ResponseAudio):
+            kept = [e for e in out.events if e["type"] != _AUDIO_DELTA]
+            if len(kept) != len(out.events):  # the session still wants this reply's audio
+                self.media.play(event.response_id, event.frame)
+                out.events = kept
+        elif isinstance(event, ResponseDone):
+            self.media.finish(event.response_id)
+        return out
+
+    def emit(self, server_event: dict[str, Any]) -> None:
+        """An event of the transport's own (``output_audio_buffer.*``) for the client."""
+        fields = dict(server_event)
+        self.inbox.put_event(_Event(fields.pop("type"), fields))
 
     async def execute(self, command: Command) -> object:
         pipeline = self.pipeline
