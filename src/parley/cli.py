@@ -150,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="routing policy (YAML, docs/policy.md): engines, prices, routes, failover",
     )
+    serve.add_argument(
+        "--web-demo-tenant",
+        metavar="NAME",
+        help="let the web page at / get ephemeral keys of tenant NAME for clients on this "
+        "machine (web.demo_allow for others); off by default",
+    )
     serve.set_defaults(run=run_serve)
 
     prompts = _command(sub, "prompts", "manage reusable prompt templates", parents=[common])

@@ -28,6 +28,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides["profile"] = args.profile
     if getattr(args, "policy", None) is not None:  # parley serve --policy FILE
         overrides["policy.file"] = args.policy
+    if getattr(args, "web_demo_tenant", None):  # parley serve --web-demo-tenant NAME
+        overrides["web.demo_tenant"] = args.web_demo_tenant
     return load_settings(args.config, overrides=overrides)
 
 

@@ -115,6 +115,14 @@ async def run_serve(args: argparse.Namespace, console: Console) -> int:
         f"(engines: {engines.vad.name}, {engines.asr.name}, {engines.llm.name}, "
         f"{engines.tts.name})"
     )
+    if settings.web.page:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        demo = (
+            f"; demo keys for tenant {settings.web.demo_tenant!r}"
+            if settings.web.demo_tenant
+            else ""
+        )
+        console.print(f"talk to it in a browser: http://{shown}:{port}/{demo}")
     config = uvicorn.Config(
         app,
         host=host,

@@ -44,7 +44,7 @@ from parley.engines.registry import Engines
 from parley.errors import Code, EngineError, ParleyError, SessionClosedError, as_parley_error
 from parley.logs import log_context, turn_fields
 from parley.pipeline import Pipeline
-from parley.pipeline.events import PipelineEvent, ResponseAudio, ResponseDone
+from parley.pipeline.events import PipelineEvent, PlaybackInterrupted, ResponseAudio, ResponseDone
 from parley.realtime.commands import (
     CancelResponse,
     ClearInput,
@@ -441,6 +441,16 @@ class Connection:
                 out.events = kept
         elif isinstance(event, ResponseDone):
             self.media.finish(event.response_id)
+        elif isinstance(event, PlaybackInterrupted):
+            # Here the server knows what was played (RTP sent), so it tells where it cut.
+            out.events.append(
+                server_event(
+                    "conversation.item.truncated",
+                    item_id=event.item_id,
+                    content_index=0,
+                    audio_end_ms=round(event.heard_ms),
+                )
+            )
         return out
 
     def emit(self, server_event: dict[str, Any]) -> None:
