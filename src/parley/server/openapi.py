@@ -259,6 +259,51 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/realtime/calls": {
+            "post": {
+                "summary": "A Realtime session over WebRTC: the SDP answer to an offer",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sdp"],
+                                "properties": {
+                                    "sdp": {"type": "string", "description": "The SDP offer"},
+                                    "session": {
+                                        "type": "string",
+                                        "description": "A Realtime session configuration (JSON)",
+                                    },
+                                },
+                            }
+                        },
+                        "application/sdp": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "The SDP answer; Location names the call",
+                        "content": {"application/sdp": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 401, 413, 429),
+                },
+            }
+        },
+        "/v1/realtime/calls/{call_id}/hangup": {
+            "post": {
+                "summary": "End a WebRTC call",
+                "parameters": [
+                    {
+                        "name": "call_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {"200": {"description": "The call is ending"}, **_errors(401, 404)},
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
