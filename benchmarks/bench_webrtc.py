@@ -184,18 +184,25 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--transports", nargs="+", default=["websocket", "webrtc"])
+    parser.add_argument("--phases", nargs="+", default=["media", "talk"])
+    parser.add_argument(
+        "--jitter", type=int, default=2, help="webrtc.jitter_buffer_packets of the server"
+    )
     args = parser.parse_args()
     clip = _trimmed(read_audio(CLIP))
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-webrtc-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     for calls in args.calls:
-        for transport in ("websocket", "webrtc"):
-            for phase in ("media", "talk"):
+        for transport in args.transports:
+            for phase in args.phases:
                 server = start_server(
                     tmp,
                     "--set",
                     'webrtc.host_addresses=["127.0.0.1"]',
+                    "--set",
+                    f"webrtc.jitter_buffer_packets={args.jitter}",
                     env={"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"},
                 )
                 try:

@@ -205,6 +205,9 @@ class WebRTCSettings(_Section):
     media_timeout_s: float = Field(15.0, gt=0, le=600)
     # At most this many WebRTC calls at once on this server (Opus costs CPU).
     max_calls: int = Field(64, ge=1, le=100000)
+    # Packets of the caller's audio buffered before the first is decoded (20 ms each): more
+    # rides out more network jitter, and delays the end of every turn by as much.
+    jitter_buffer_packets: int = Field(2, ge=1, le=8)
 
 
 class WebSettings(_Section):

@@ -93,6 +93,7 @@ async def _create(request: Request, state: AppState) -> Response:
     peer = RtcPeer(
         ice_servers=[s.model_dump(exclude_none=True) for s in settings.ice_servers],
         media_timeout_s=settings.media_timeout_s,
+        jitter_packets=settings.jitter_buffer_packets,
     )
     try:
         answer = await peer.answer(offer)

@@ -84,6 +84,19 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
+def _set_jitter_prefetch(receiver: Any, packets: int) -> None:
+    """Let the caller's audio through once ``packets`` packets are buffered.
+
+    aiortc holds 4 audio packets (80 ms) before it decodes the first, and has no setting for
+    it; every millisecond of that delays the end of the caller's turn. Its jitter buffer is
+    private, so this reaches in, and leaves aiortc's default where the attribute moved."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
+        log.warning("webrtc: aiortc's jitter buffer is not where parley looks; 80 ms it is")
+        return
+    buffer._prefetch = packets
+
+
 class ReplyTrack(MediaStreamTrack):
     """The reply audio as an RTP source: 20 ms frames at 48 kHz, in real time, silence between
     replies. Playout events go to ``emit``."""
@@ -280,8 +293,10 @@ class RtcPeer:
         *,
         ice_servers: Sequence[dict[str, Any]] = (),
         media_timeout_s: float = 15.0,
+        jitter_packets: int = 2,
     ) -> None:
         servers = [RTCIceServer(**server) for server in ice_servers]
+        self.jitter_packets = jitter_packets
         # iceServers given explicitly, even empty: aiortc otherwise asks a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.wire = DataChannelWire()
@@ -341,6 +356,7 @@ class RtcPeer:
             if c.mimeType.lower() == "audio/opus"
         ]
         transceiver = audio[0]
+        _set_jitter_prefetch(transceiver.receiver, self.jitter_packets)
         transceiver.setCodecPreferences(opus)
         transceiver.sender.replaceTrack(self.reply)
         if transceiver.direction in ("recvonly", "inactive"):
