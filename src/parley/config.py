@@ -210,6 +210,47 @@ class WebRTCSettings(_Section):
     jitter_buffer_packets: int = Field(2, ge=1, le=8)
 
 
+class CallProfile(_Section):
+    # What a phone call's session starts with: a Realtime session configuration (instructions,
+    # audio.output.voice, tools, ...), as session.update takes it, and the tenant that owns it.
+    session: dict[str, Any] = Field(default_factory=dict)
+    tenant: str | None = None  # None: telephony.tenant
+
+
+class TelephonySettings(_Section):
+    # The tenant that owns phone calls (their ledger, budgets, audit records); an application
+    # with a key of this tenant may attach to a call (/v1/realtime?call_id=...) and control it.
+    tenant: str = "telephony"
+    # Profiles by called number (E.164, e.g. "+15550100"); "default" for any other number.
+    profiles: dict[str, CallProfile] = Field(default_factory=dict)
+    # Twilio: the account's auth token, which signs its webhooks (X-Twilio-Signature). Unset:
+    # the Twilio endpoints answer 403. public_url: how Twilio reaches this server
+    # ("https://voice.example.com"); unset: the URL of the webhook request.
+    twilio_auth_token: str | None = None
+    public_url: str | None = None
+    # DTMF: a press with no speech around it gets a reply after this pause (0: never by itself);
+    # hangup_digit ends the call; transfer maps a digit to where the call goes (SIP REFER, or a
+    # Twilio <Dial>).
+    dtmf_response_ms: int = Field(1500, ge=0, le=60000)
+    hangup_digit: str | None = None
+    transfer: dict[str, str] = Field(default_factory=dict)
+    # SIP: "HOST:PORT" to listen on (UDP and TCP; off when unset), and TLS where a certificate
+    # and key are given (on sip_tls_port).
+    sip_listen: str | None = None
+    sip_tls_port: int | None = Field(None, ge=1, le=65535)
+    sip_tls_cert: Path | None = None
+    sip_tls_key: Path | None = None
+    # OpenAI's realtime.call.incoming webhook for each INVITE, signed with webhook_secret (a
+    # Standard Webhooks "whsec_..." secret). Without a webhook_url calls are accepted at once
+    # with the called number's profile.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # A ringing call the application neither accepts nor rejects within this time is refused.
+    accept_timeout_s: float = Field(30.0, gt=0, le=600)
+    # A call whose RTP stops for this long has lost its caller: it ends.
+    rtp_timeout_s: float = Field(20.0, gt=0, le=600)
+
+
 class WebSettings(_Section):
     # The web page at /: on unless switched off.
     page: bool = True
@@ -244,6 +285,7 @@ class Settings(_Section):
     trust: TrustSettings = Field(default_factory=TrustSettings)
     webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    telephony: TelephonySettings = Field(default_factory=TelephonySettings)
     log_level: str = "INFO"
 
     @model_validator(mode="before")

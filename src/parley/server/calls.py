@@ -34,6 +34,7 @@ from parley.realtime.config import input_format
 from parley.server.auth import CALLS_PATH, Principal, principal_of
 from parley.server.http_streams import limited
 from parley.server.openai_errors import error_response
+from parley.server.realtime_ws import Connection
 from parley.server.sessions import check_config, open_session, run_session
 from parley.server.state import AppState, LiveCall
 from parley.transports.webrtc import OfferError, RtcPeer
@@ -59,10 +60,62 @@ def call_routes(state: AppState) -> list[Route]:
         call.hangup()
         return Response(status_code=200)
 
+    async def control(request: Request) -> Response:
+        try:
+            await _control(request, state)
+        except ParleyError as exc:
+            return error_response(exc)
+        return Response(status_code=200)
+
     return [
         Route(CALLS_PATH, create, methods=["POST"]),
         Route(CALLS_PATH + "/{call_id}/hangup", hangup, methods=["POST"]),
+        *(
+            Route(CALLS_PATH + "/{call_id}/" + action, control, methods=["POST"])
+            for action in ("accept", "reject", "refer")
+        ),
     ]
+
+
+async def _control(request: Request, state: AppState) -> None:
+    """``accept`` (a session configuration), ``reject`` (``status_code``) or ``refer``
+    (``target_uri``) a phone call, as the ``openai`` SDK's ``realtime.calls`` sends them."""
+    call_id = request.path_params["call_id"]
+    call = _call_of(request, state)
+    if call is None:
+        raise _no_call(call_id)
+    if call.control is None:
+        raise ClientError(
+            f"Call '{call_id}' is not a SIP call: it can only be hung up.", param="call_id"
+        )
+    try:
+        body = json.loads(await limited(request, MAX_OFFER_BYTES).body() or b"{}")
+    except ValueError:
+        raise ClientError("The body is not valid JSON.", code=Code.INVALID_JSON) from None
+    if not isinstance(body, dict):
+        raise ClientError("The body must be a JSON object.", code=Code.INVALID_TYPE)
+    action = request.url.path.rsplit("/", 1)[-1]
+    if action == "accept":
+        check_config(state, principal_of(request.scope), body)
+        await call.control.accept(body)
+    elif action == "reject":
+        status = body.get("status_code", 603)
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 699:
+            raise ClientError(
+                "status_code must be a SIP status from 400 to 699.",
+                param="status_code",
+                code=Code.INVALID_VALUE,
+            )
+        await call.control.reject(status)
+    else:
+        target = body.get("target_uri")
+        if not isinstance(target, str) or not target.startswith(("tel:", "sip:", "sips:")):
+            raise ClientError(
+                "target_uri must be a tel:, sip: or sips: URI.",
+                param="target_uri",
+                code=Code.MISSING_REQUIRED_PARAMETER if target is None else Code.INVALID_VALUE,
+            )
+        await call.control.refer(target)
 
 
 def _no_call(call_id: str) -> NotFoundError:
@@ -113,7 +166,7 @@ async def _create(request: Request, state: AppState) -> Response:
     peer.on_event(connection.emit)
     call = LiveCall(new_id("rtc"), principal.tenant, connection, peer.wire.end)
     state.calls[call.id] = call
-    call.task = asyncio.create_task(_run_call(state, principal, call, peer))
+    call.task = asyncio.create_task(_run_call(state, principal, call, connection, peer))
     state.sessions.add(call.task)
     call.task.add_done_callback(state.sessions.discard)
     return Response(
@@ -124,9 +177,11 @@ async def _create(request: Request, state: AppState) -> Response:
     )
 
 
-async def _run_call(state: AppState, principal: Principal, call: LiveCall, peer: RtcPeer) -> None:
+async def _run_call(
+    state: AppState, principal: Principal, call: LiveCall, connection: Connection, peer: RtcPeer
+) -> None:
     """The call's session, fed by the caller's RTP, until the peer leaves or is hung up."""
-    connection, session = call.connection, call.connection.session
+    session = connection.session
     state.metrics.session_opened()  # observability (issue 4)
     inbound = asyncio.create_task(
         peer.inbound(connection.inbox.put_audio, lambda: input_format(session.config).sample_rate)

@@ -44,7 +44,13 @@ from parley.engines.registry import Engines
 from parley.errors import Code, EngineError, ParleyError, SessionClosedError, as_parley_error
 from parley.logs import log_context, turn_fields
 from parley.pipeline import Pipeline
-from parley.pipeline.events import PipelineEvent, PlaybackInterrupted, ResponseAudio, ResponseDone
+from parley.pipeline.events import (
+    PipelineEvent,
+    PlaybackInterrupted,
+    ResponseAudio,
+    ResponseDone,
+    SpeechStarted,
+)
 from parley.realtime.commands import (
     CancelResponse,
     ClearInput,
@@ -58,6 +64,7 @@ from parley.realtime.commands import (
     Truncate,
 )
 from parley.realtime.items import event as server_event
+from parley.realtime.responses import Phase
 from parley.realtime.session import Output, RealtimeSession
 from parley.server.metrics import Metrics
 from parley.server.tracing import TurnTracer
@@ -120,7 +127,21 @@ class _Event:
     fields: dict[str, Any]
 
 
-_Input = _Client | _Audio | _Result | Ended | _Event | PipelineEvent
+@dataclass(frozen=True, slots=True)
+class _Dtmf:
+    """A telephone keypad press (SIP RFC 4733, Twilio ``dtmf``)."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DtmfPause:
+    """The pause after a press is over: reply if nothing else happened (``seq`` still current)."""
+
+    seq: int
+
+
+_Input = _Client | _Audio | _Result | Ended | _Event | _Dtmf | _DtmfPause | PipelineEvent
 
 
 class Inbox:
@@ -134,7 +155,9 @@ class Inbox:
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
 
-    def put_event(self, item: PipelineEvent | _Result | Ended | _Event) -> None:
+    def put_event(
+        self, item: PipelineEvent | _Result | Ended | _Event | _Dtmf | _DtmfPause
+    ) -> None:
         self._urgent.append(item)
         self._ready.set()
 
@@ -231,8 +254,11 @@ class Connection:
         tracer: TurnTracer,
         outbox_bytes: int = MAX_OUTBOX_BYTES,
         media: Media | None = None,
+        dtmf_response_s: float = 1.5,
     ) -> None:
         self.wire = wire
+        self.dtmf_response_s = dtmf_response_s
+        self._dtmf_seq = 0  # a press since, or speech since, makes a pending DTMF reply moot
         self.media = media
         # Wires attached beside the client's (server-side controls), each with its own outbox.
         self._sidebands: dict[Wire, Outbox] = {}
@@ -345,6 +371,12 @@ class Connection:
                     out = self.session.append_audio(frame)
                 case _Event(type=kind, fields=fields):
                     out = Output([server_event(kind, **fields)])
+                case _Dtmf(digit=digit):
+                    out = self._dtmf(digit)
+                case _DtmfPause(seq=seq):
+                    out = Output()
+                    if seq == self._dtmf_seq and self.session.phase is Phase.IDLE:
+                        out = self.session.receive('{"type":"response.create"}')
                 case _Result(command=command, result=result, error=error):
                     out = (
                         self.session.command_done(command, result)
@@ -399,6 +431,8 @@ class Connection:
 
     def _observe(self, event: PipelineEvent) -> PipelineEvent:
         self.metrics.observe(event)  # observability (issue 4): metrics, trace, turn log
+        if isinstance(event, SpeechStarted):
+            self._dtmf_seq += 1  # the caller speaks: their turn gets the reply
         if isinstance(event, ResponseDone):
             self.tracer.record_turn(self.session.id, event.response_id, event)
             with log_context(turn_id=event.turn_id, response_id=event.response_id):
@@ -451,6 +485,28 @@ class Connection:
                     audio_end_ms=round(event.heard_ms),
                 )
             )
+        return out
+
+    def dtmf(self, digit: str) -> None:
+        """A keypad press: the client is told (``input_audio_buffer.dtmf_event_received``),
+        the model sees it as the caller's message, and a press with no speech after it is
+        answered once ``dtmf_response_s`` have passed."""
+        self.inbox.put_event(_Dtmf(digit))
+
+    def _dtmf(self, digit: str) -> Output:
+        # OpenAI's event has no event_id.
+        received = {"type": "input_audio_buffer.dtmf_event_received", "event": digit}
+        out = Output([{**received, "received_at": int(time.time())}])
+        said = {"type": "input_text", "text": f"The caller pressed {digit}."}
+        item = {"type": "message", "role": "user", "content": [said]}
+        out.extend(
+            self.session.receive(json.dumps({"type": "conversation.item.create", "item": item}))
+        )
+        self._dtmf_seq += 1
+        if self.dtmf_response_s > 0:
+            seq = self._dtmf_seq
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.dtmf_response_s, self.inbox.put_event, _DtmfPause(seq))
         return out
 
     def emit(self, server_event: dict[str, Any]) -> None:

@@ -178,7 +178,7 @@ async def _attach(ws: WebSocket, state: AppState, principal: Principal, call_id:
     """A WebSocket beside a running call (as OpenAI's server-side controls): any key of the
     call's tenant; another tenant's call is as unknown as a call that does not exist."""
     call = state.calls.get(call_id)
-    if call is None or call.tenant != principal.tenant:
+    if call is None or call.tenant != principal.tenant or call.connection is None:
         await ws.send_denial_response(
             error_response(NotFoundError(f"No call with id '{call_id}'.", param="call_id"))
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from parley.config import Settings
 from parley.engines.base import TTS, ContentPart, TextPart
@@ -23,19 +23,36 @@ from parley.trust.cloning import ClonedVoiceTTS, VoiceCloner, voice_engine_unava
 from parley.trust.marks import Marker, MarkRegistry
 from parley.trust.voices import resolve_voice
 
-__all__ = ["AppState", "LiveCall"]
+__all__ = ["AppState", "CallControl", "LiveCall"]
+
+
+class CallControl(Protocol):
+    """What an application may do with a ringing or live phone call (SIP), as OpenAI's
+    ``realtime.calls`` does: each raises a ClientError when the call is past it."""
+
+    async def accept(self, config: dict[str, Any]) -> None:
+        """Answer with a session configured by ``config`` (already validated)."""
+
+    async def reject(self, status_code: int) -> None:
+        """Refuse a ringing call with a SIP status (e.g. 486 Busy Here, 603 Decline)."""
+
+    async def refer(self, target_uri: str) -> None:
+        """Transfer the call (SIP REFER) to ``tel:...`` or ``sip:...``."""
 
 
 @dataclass(eq=False)
 class LiveCall:
-    """A call whose session runs apart from any request (a WebRTC call): others may attach a
-    WebSocket to it (``/v1/realtime?call_id=``) or hang it up."""
+    """A call whose session runs apart from any request (WebRTC, Twilio, SIP): applications
+    of its tenant may attach a WebSocket to it (``/v1/realtime?call_id=``), hang it up and,
+    for SIP (``control``), accept, reject or transfer it. ``connection`` is None while a call
+    rings."""
 
     id: str
     tenant: str
-    connection: Connection
+    connection: Connection | None
     hangup: Callable[[], None]
     task: asyncio.Task[None] | None = None
+    control: CallControl | None = None
 
 
 @dataclass

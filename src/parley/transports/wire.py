@@ -7,6 +7,7 @@ client messages from its wires and writes server events to them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from parley.audio.frames import Frame
 
-__all__ = ["Media", "WebSocketWire", "Wire", "WireClosed"]
+__all__ = ["Media", "NullWire", "WebSocketWire", "Wire", "WireClosed"]
 
 
 class WireClosed(Exception):
@@ -76,3 +77,25 @@ class WebSocketWire:
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close(code=code, reason=reason[:120])
+
+
+class NullWire:
+    """A call with no client reading its events (a phone call): they go nowhere, unless a
+    WebSocket attaches beside it; the session ends when the transport calls :meth:`end`."""
+
+    def __init__(self) -> None:
+        self._ended = asyncio.Event()
+
+    def end(self) -> None:
+        self._ended.set()
+
+    async def receive(self) -> str | bytes | None:
+        await self._ended.wait()
+        return None
+
+    async def send(self, text: str) -> None:
+        if self._ended.is_set():
+            raise WireClosed
+
+    async def close(self, code: int, reason: str) -> None:
+        self._ended.set()
