@@ -64,14 +64,20 @@ def web_routes(state: AppState) -> list[BaseRoute]:
 
 def _config(state: AppState, request: Request) -> dict[str, Any]:
     settings = state.settings
-    voices = state.engines.tts.voices()
+    voices = [
+        {"id": v.id, "name": v.name, "language": v.language} for v in state.engines.tts.voices()
+    ]
+    # A session's voice unless it asks for one (OpenAI's names map onto every engine's voices).
+    default = settings.tts.voice or "alloy"
+    if not any(default.lower() in (v["id"].lower(), v["name"].lower()) for v in voices):
+        voices.insert(0, {"id": default, "name": f"Default ({default})", "language": ""})
     control = state.control
     return {
         "auth": state.keys is not None,
         "demo_key": state.keys is not None and _demo_allowed(state, request),
         "metering": control is not None and control.ledger is not None and bool(control.prices),
-        "voices": [{"id": v.id, "name": v.name, "language": v.language} for v in voices],
-        "default_voice": settings.tts.voice or (voices[0].id if voices else ""),
+        "voices": voices,
+        "default_voice": default,
         "instructions": settings.pipeline.instructions,
         "turn_detection": settings.turn_detection.type,
     }
