@@ -59,12 +59,23 @@ CALLS_PATH = "/v1/realtime/calls"  # a WebRTC call: an ephemeral key is spent on
 # The web page (parley.server.web): what it asks first, and its demo key.
 WEB_CONFIG_PATH = "/v1/parley/web/config"
 WEB_DEMO_SECRETS_PATH = "/v1/parley/web/client_secrets"
+# Twilio's voice webhook and media stream (parley.server.twilio): Twilio's signature
+# (X-Twilio-Signature, by the account's auth token) authenticates them, not a key.
+TWILIO_VOICE_PATH = "/v1/telephony/twilio/voice"
+TWILIO_MEDIA_PATH = "/v1/telephony/twilio/media"
 
 
 def is_public(path: str) -> bool:
     """Paths anyone may fetch without a key: the page, its files, what it asks first and the
-    demo key, which checks the client's address itself."""
-    return path in ("/", WEB_CONFIG_PATH, WEB_DEMO_SECRETS_PATH) or path.startswith("/web/")
+    demo key, which checks the client's address itself; Twilio's webhook and media stream,
+    which check Twilio's signature themselves."""
+    return path in (
+        "/",
+        WEB_CONFIG_PATH,
+        WEB_DEMO_SECRETS_PATH,
+        TWILIO_VOICE_PATH,
+        TWILIO_MEDIA_PATH,
+    ) or path.startswith("/web/")
 
 
 # WebSocket connections set up at once, and how long one more may wait for a slot. A session's
@@ -267,7 +278,9 @@ class AuthMiddleware:
             state["principal"] = Principal("", admin=True)
             await self.app(scope, receive, send)
             return
-        if self.keys is None or (kind == "http" and is_public(scope["path"])):
+        if self.keys is None or (
+            (kind == "http" or scope["path"] == TWILIO_MEDIA_PATH) and is_public(scope["path"])
+        ):
             # The web page, its files and what it asks first need no key (the demo key
             # endpoint checks the client's address itself).
             state["principal"] = Principal("")
