@@ -22,6 +22,7 @@ from parley.errors import ConfigError
 __all__ = [
     "PROFILES",
     "ASRSettings",
+    "EnginesSettings",
     "LLMSettings",
     "PipelineSettings",
     "PolicySettings",
@@ -52,6 +53,18 @@ _STRING_FIELDS = frozenset(
         "file",
         "watermark_key_file",
         "watermark_key",
+        "audit_key_file",
+        "operator_name",
+        "twilio_auth_token",
+        "public_url",
+        "hangup_digit",
+        "sip_listen",
+        "webhook_url",
+        "webhook_secret",
+        "tenant",
+        "demo_tenant",
+        "redis_url",
+        "address",
     }
 )
 
@@ -174,6 +187,11 @@ class ServerSettings(_Section):
     # Bearer token of the operator: reports across all tenants (GET /v1/organization/costs
     # without a tenant scope). Unset: no caller sees another tenant's figures.
     admin_token: str | None = None
+    # Several gateway replicas: the Redis they share request rates, session counts, the live
+    # session registry and key revocations through (redis://HOST:PORT/DB). Unset: one replica,
+    # all of it in this process. replica_url: how other replicas and clients reach this one.
+    redis_url: str | None = None
+    replica_url: str | None = None
     # Realtime: events queued for a client that does not read them, beyond which its session is
     # closed (8 MiB is about two minutes of 24 kHz audio).
     send_buffer_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
@@ -261,6 +279,49 @@ class WebSettings(_Section):
     demo_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
+EngineKind = Literal["asr", "tts"]
+
+
+class EnginesSettings(_Section):
+    """Where ASR and TTS run: in this process (``local``, the default) or as Ray Serve
+    deployments shared by every gateway (``ray``; see ``parley.engines.ray_serve``).
+
+    ``address``: the Ray cluster (``"auto"``: the one started on this machine; ``"HOST:PORT"``:
+    its GCS; ``"ray://HOST:PORT"``: Ray Client). The first gateway to start deploys the
+    application ``app_name`` if it is absent; every gateway finds its deployments by name.
+    Each replica batches requests from all gateways with ``@serve.batch``: up to
+    ``max_batch_size`` per batch, waiting at most ``batch_wait_timeout_s`` for one to fill.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    address: str = "auto"
+    app_name: str = Field("parley-engines", min_length=1)
+    ray_namespace: str = Field("parley", min_length=1)
+    # Which engines the application serves; the others stay in the gateway.
+    kinds: list[EngineKind] = Field(default_factory=lambda: list[EngineKind](("asr", "tts")))
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    # Batches a replica runs at once (Ray's max_concurrent_batches): 1 queues new requests
+    # while a batch runs, as parley's in-process batcher does.
+    max_concurrent_batches: int = Field(1, ge=1, le=64)
+    # Autoscaling of each deployment: replicas between min and max, aiming at this many
+    # requests in flight per replica (None: max_batch_size).
+    min_replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int = Field(1, ge=1, le=1000)
+    target_ongoing_requests: float | None = Field(None, gt=0)
+    # Resources of one replica (Ray's num_cpus / num_gpus; fractions share a device).
+    replica_cpus: float = Field(1.0, ge=0)
+    replica_gpus: float = Field(0.0, ge=0)
+    # Seconds to wait for the application to be running (a first deploy loads the models).
+    deploy_timeout_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> EnginesSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("engines.min_replicas must not exceed engines.max_replicas")
+        return self
+
+
 # The engines a profile picks where the config names none (``[asr] engine`` / ``[tts] engine``).
 # neural: Whisper tiny.en and the Piper voice joe, from pinned PyPI wheels (the default; good
 # English, about four callers per two cores). fast: pocketsphinx and espeak-ng (robotic and
@@ -286,6 +347,7 @@ class Settings(_Section):
     webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     telephony: TelephonySettings = Field(default_factory=TelephonySettings)
+    engines: EnginesSettings = Field(default_factory=EnginesSettings)
     log_level: str = "INFO"
 
     @model_validator(mode="before")

@@ -16,6 +16,7 @@ concerns and the client's ``event_id``. Errors are split by who is at fault::
     │   ├── NotFoundError            invalid_request  404     not_found
     │   ├── AuthenticationError      invalid_request  401     invalid_api_key
     │   ├── PermissionDeniedError    invalid_request  403     permission_denied
+    │   ├── ConflictError            invalid_request  409     conflict
     │   ├── RateLimitError           requests         429     rate_limit_exceeded
     │   ├── InsufficientQuotaError   insufficient_quota 429   insufficient_quota
     │   └── SessionClosedError       invalid_request  400     (given: session_expired, ...)
@@ -105,6 +106,7 @@ class Code(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     AUTH_DISABLED = "auth_disabled"
     PERMISSION_DENIED = "permission_denied"
+    CONFLICT = "conflict"
     INVALID_API_KEY = "invalid_api_key"
     MISSING_API_KEY = "missing_api_key"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
@@ -224,6 +226,13 @@ class PermissionDeniedError(ClientError):
 
     status = 403
     code = Code.PERMISSION_DENIED
+
+
+class ConflictError(ClientError):
+    """What the request names is elsewhere or in another state (a call on another replica)."""
+
+    status = 409
+    code = Code.CONFLICT
 
 
 class RateLimitError(ClientError):

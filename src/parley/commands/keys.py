@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 
 from rich.console import Console
@@ -11,6 +12,20 @@ from parley.bench.report import print_table
 from parley.commands.options import audit_log, settings_from
 
 __all__ = ["run_keys"]
+
+
+async def _publish_revocation(url: str, key_id: str) -> int:
+    """Tell the replicas sharing ``url`` (their database poll would notice within
+    server.revocation_check_s anyway); 0 when Redis cannot be reached."""
+    from parley.store.shared import SharedState, SharedStateUnavailable
+
+    shared = SharedState.from_url(url)
+    try:
+        return await shared.publish_revocation(key_id)
+    except SharedStateUnavailable:
+        return 0
+    finally:
+        await shared.aclose()
 
 
 async def run_keys(args: argparse.Namespace, console: Console) -> int:
@@ -62,4 +77,7 @@ async def run_keys(args: argparse.Namespace, console: Console) -> int:
                     "key.revoked", tenant=key.tenant.name, key_id=key.id
                 )
                 console.print(f"revoked {key.id} ({key.prefix}...) of tenant {args.tenant}")
+                if settings.server.redis_url:  # every replica ends its sessions now
+                    heard = asyncio.run(_publish_revocation(settings.server.redis_url, key.id))
+                    console.print(f"told {heard} gateway replica(s) through Redis")
     return 0

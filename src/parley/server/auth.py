@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import json
 import time
 from collections import deque
@@ -216,7 +217,7 @@ class AuthMiddleware:
         self,
         app: ASGIApp,
         keys: KeyStore | None,
-        limiter: Limiter,
+        limiter: Limiter | Any,  # a Limiter, or a parley.server.limits.Gate (shared)
         *,
         public: tuple[str, ...] = ("/healthz",),
         metrics_token: str | None = None,
@@ -330,7 +331,13 @@ class AuthMiddleware:
         if principal is None:
             await _refuse(scope, receive, send, AuthenticationError(failure[0], code=failure[1]))
             return
-        allowed, remaining, reset = self.limiter.request(principal.key)
+        try:
+            counted = self.limiter.request(principal.key)
+            # In one process a Limiter answers at once; a Gate shared through Redis is awaited.
+            allowed, remaining, reset = await counted if inspect.isawaitable(counted) else counted
+        except ParleyError as exc:  # the shared state is unreachable: 503
+            await _refuse(scope, receive, send, exc)
+            return
         if not allowed:
             limit = principal.key.limits.requests_per_minute if principal.key else None
             await _refuse(

@@ -27,7 +27,6 @@ from parley.errors import (
     NotFoundError,
     OverloadedError,
     ParleyError,
-    RateLimitError,
 )
 from parley.ids import new_id
 from parley.realtime.config import input_format
@@ -140,9 +139,7 @@ async def _create(request: Request, state: AppState) -> Response:
         raise OverloadedError(
             f"This server is at its limit of {settings.max_calls} WebRTC calls; try again later."
         )
-    if not state.limiter.open_session(principal.key):
-        limit = principal.key.limits.max_sessions if principal.key else None
-        raise RateLimitError(f"Too many concurrent Realtime sessions for this key (limit {limit}).")
+    admission = await state.gate.open_session(principal.key, principal.tenant)
     peer = RtcPeer(
         ice_servers=[s.model_dump(exclude_none=True) for s in settings.ice_servers],
         media_timeout_s=settings.media_timeout_s,
@@ -152,7 +149,7 @@ async def _create(request: Request, state: AppState) -> Response:
         answer = await peer.answer(offer)
     except OfferError as exc:
         await peer.close()
-        state.limiter.close_session(principal.key)
+        await state.gate.close_session(principal.key, admission)
         raise ClientError(str(exc), param="sdp") from None
     connection = open_session(
         state,
@@ -166,7 +163,7 @@ async def _create(request: Request, state: AppState) -> Response:
     peer.on_event(connection.emit)
     call = LiveCall(new_id("rtc"), principal.tenant, connection, peer.wire.end)
     state.calls[call.id] = call
-    call.task = asyncio.create_task(_run_call(state, principal, call, connection, peer))
+    call.task = asyncio.create_task(_run_call(state, principal, call, connection, peer, admission))
     state.sessions.add(call.task)
     call.task.add_done_callback(state.sessions.discard)
     return Response(
@@ -178,7 +175,12 @@ async def _create(request: Request, state: AppState) -> Response:
 
 
 async def _run_call(
-    state: AppState, principal: Principal, call: LiveCall, connection: Connection, peer: RtcPeer
+    state: AppState,
+    principal: Principal,
+    call: LiveCall,
+    connection: Connection,
+    peer: RtcPeer,
+    admission: str,
 ) -> None:
     """The call's session, fed by the caller's RTP, until the peer leaves or is hung up."""
     session = connection.session
@@ -194,7 +196,7 @@ async def _run_call(
         inbound.cancel()
         state.calls.pop(call.id, None)
         await peer.close()
-        state.limiter.close_session(principal.key)
+        await state.gate.close_session(principal.key, admission)
         state.metrics.session_closed()
         why = peer.ended.result() if peer.ended.done() else "ended"
         log.info("webrtc call %s ended: %s", call.id, why)

@@ -9,6 +9,7 @@ watch (revocation, maximum duration).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -19,16 +20,25 @@ from typing import Any, Literal
 from starlette.websockets import WebSocket
 
 from parley.engines.registry import languages_of
-from parley.errors import ClientError, Code, NotFoundError, RateLimitError, SessionClosedError
+from parley.errors import (
+    ClientError,
+    Code,
+    ConflictError,
+    NotFoundError,
+    ParleyError,
+    SessionClosedError,
+)
 from parley.logs import bind
 from parley.pipeline import Pipeline
 from parley.pipeline.control import Caller
 from parley.pipeline.history import History
 from parley.realtime.session import RealtimeSession
-from parley.server.auth import INSECURE_KEY_PROTOCOL, Limiter, Principal, principal_of
+from parley.server.auth import INSECURE_KEY_PROTOCOL, Principal, principal_of
+from parley.server.limits import Gate
 from parley.server.openai_errors import error_response
 from parley.server.realtime_ws import Connection, Ended, Inbox
 from parley.server.state import AppState
+from parley.store.shared import SharedStateUnavailable
 from parley.transports.wire import Media, WebSocketWire, Wire
 
 __all__ = ["check_config", "open_session", "run_session", "serve_realtime"]
@@ -78,7 +88,7 @@ def open_session(
         voices=state.voice_names,
         languages=languages_of(engines.asr),
         prompts=state.prompt_resolver(principal.tenant),
-        rate_limits=lambda: _rate_limits(state.limiter, principal),
+        rate_limits=lambda: _rate_limits(state.gate, principal),
         timeline=timeline,
         admit=pipeline.admit,
     )
@@ -114,10 +124,19 @@ async def run_session(state: AppState, principal: Principal, connection: Connect
     if audit is not None:  # the audit log (issue 14): who opened which session
         audit("session.opened", tenant=principal.tenant, type=session.kind, **who)
     pipeline = connection.pipeline
+    state.live[connection] = principal
+    shared = state.gate.shared
     try:
+        if shared is not None:  # which replica holds it (best effort: it runs regardless)
+            with contextlib.suppress(SharedStateUnavailable):
+                await shared.register(session.id, principal.tenant)
         async with pipeline:
             await connection.run(lambda: asyncio.ensure_future(_watch(state, principal)))
     finally:
+        state.live.pop(connection, None)
+        if shared is not None:
+            with contextlib.suppress(SharedStateUnavailable):
+                await shared.unregister(session.id)
         if audit is not None:
             route = pipeline.control.route if pipeline.control is not None else ""
             audit("session.closed", tenant=principal.tenant, route=route, **who)
@@ -130,21 +149,16 @@ async def serve_realtime(ws: WebSocket, state: AppState) -> None:
     if call_id is not None:
         await _attach(ws, state, principal, call_id)
         return
-    if not state.limiter.open_session(principal.key):
-        limit = principal.key.limits.max_sessions if principal.key else None
-        await ws.send_denial_response(
-            error_response(
-                RateLimitError(
-                    f"Too many concurrent Realtime sessions for this key (limit {limit})."
-                )
-            )
-        )
+    try:
+        admission = await state.gate.open_session(principal.key, principal.tenant)
+    except ParleyError as exc:  # over the key's limit (429), or no shared state (503)
+        await ws.send_denial_response(error_response(exc))
         return
     state.metrics.session_opened()  # observability (issue 4)
     try:
         await _serve_socket(ws, state, principal)
     finally:
-        state.limiter.close_session(principal.key)
+        await state.gate.close_session(principal.key, admission)
         state.metrics.session_closed()  # observability (issue 4)
 
 
@@ -179,12 +193,49 @@ async def _attach(ws: WebSocket, state: AppState, principal: Principal, call_id:
     call's tenant; another tenant's call is as unknown as a call that does not exist."""
     call = state.calls.get(call_id)
     if call is None or call.tenant != principal.tenant or call.connection is None:
-        await ws.send_denial_response(
-            error_response(NotFoundError(f"No call with id '{call_id}'.", param="call_id"))
-        )
+        await ws.send_denial_response(error_response(await _elsewhere(state, principal, call_id)))
         return
     await ws.accept(subprotocol=_subprotocol(list(ws.scope.get("subprotocols", []))))
     await call.connection.attach(WebSocketWire(ws))
+
+
+async def _elsewhere(state: AppState, principal: Principal, call_id: str) -> ParleyError:
+    """Why a call is not here: held by another replica (409, naming it), or unknown (404)."""
+    shared = state.gate.shared
+    where = None
+    if shared is not None:
+        with contextlib.suppress(SharedStateUnavailable):
+            where = await shared.where(call_id)
+    if where is not None and where.tenant == principal.tenant:
+        return ConflictError(
+            f"Call '{call_id}' is held by replica {where.replica} ({where.url}): connect there.",
+            param="call_id",
+        )
+    return NotFoundError(f"No call with id '{call_id}'.", param="call_id")
+
+
+def revoked() -> Ended:
+    return Ended(
+        SessionClosedError("The API key of this session was revoked.", code=Code.SESSION_REVOKED),
+        1008,
+    )
+
+
+async def end_revoked(state: AppState, key_id: str) -> None:
+    """A key was revoked on some replica: end its sessions here (``*``: after a lost
+    subscription, check every live key against the database)."""
+    keys = state.keys
+    for connection, principal in list(state.live.items()):
+        key = principal.key
+        if key is None:
+            continue
+        if key_id == key.id or (
+            key_id == "*"
+            and keys is not None
+            and not await asyncio.to_thread(keys.is_active, key.id)
+        ):
+            log.info("realtime session of revoked key %s ended", key.id)
+            connection.inbox.put_event(revoked())
 
 
 async def _watch(state: AppState, principal: Principal) -> Ended:
@@ -212,16 +263,11 @@ async def _watch(state: AppState, principal: Principal) -> Ended:
             and not await asyncio.to_thread(keys.is_active, key.id)
         ):
             log.info("realtime session of revoked key %s ended", key.id)
-            return Ended(
-                SessionClosedError(
-                    "The API key of this session was revoked.", code=Code.SESSION_REVOKED
-                ),
-                1008,
-            )
+            return revoked()
 
 
-def _rate_limits(limiter: Limiter, principal: Principal) -> list[dict[str, Any]]:
-    remaining, reset = limiter.remaining(principal.key)
+def _rate_limits(gate: Gate, principal: Principal) -> list[dict[str, Any]]:
+    remaining, reset = gate.remaining(principal.key)
     if principal.key is None or remaining is None:
         return []
     return [

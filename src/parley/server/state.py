@@ -13,7 +13,8 @@ from parley.engines.registry import Engines
 from parley.errors import NotFoundError
 from parley.pipeline.control import ControlPlane
 from parley.realtime.session import PromptResolver
-from parley.server.auth import Limiter
+from parley.server.auth import Limiter, Principal
+from parley.server.limits import Gate
 from parley.server.metrics import Metrics
 from parley.server.realtime_ws import Connection
 from parley.server.tracing import TurnTracer
@@ -63,6 +64,10 @@ class AppState:
     # None: auth is off (parley serve --no-auth), every caller is the default tenant.
     keys: KeyStore | None
     limiter: Limiter = field(default_factory=Limiter)
+    # Request rates and session counts: the limiter's, or shared by replicas (Redis).
+    gate: Gate = field(default_factory=Gate)
+    # Sessions running here, with who opened them (revocation ends them).
+    live: dict[Connection, Principal] = field(default_factory=dict)
     sessions: set[asyncio.Task[Any]] = field(default_factory=set)
     metrics: Metrics = field(default_factory=Metrics)
     tracer: TurnTracer = field(default_factory=TurnTracer.disabled)
