@@ -136,8 +136,10 @@ def open_page(
     width: int = 1000,
     height: int = 900,
     config: dict[str, Any] | None = None,
+    init_script: str | None = None,
 ) -> tuple[Any, Any, Watch]:
-    """A fresh headless chromium on the page; ``config`` replaces the server's page settings."""
+    """A fresh headless chromium on the page; ``config`` replaces the server's page settings,
+    ``init_script`` runs before the page's own."""
     args = list(BROWSER_ARGS)
     if capture is not None:
         args.append(f"--use-file-for-fake-audio-capture={capture}%noloop")
@@ -164,6 +166,8 @@ def open_page(
             r.abort()
 
     page.route("**/*", route)
+    if init_script is not None:
+        page.add_init_script(init_script)
     page.goto(watch.allowed_origin + "/")
     # The page has asked the server what it offers once the voices are listed.
     page.wait_for_function("document.querySelectorAll('#voice option').length > 0", timeout=WAIT_MS)

@@ -217,3 +217,18 @@ def test_demo_key_button_gets_a_key(playwright: Any, web_server: Server) -> None
         watch.check()
     finally:
         browser.close()
+
+
+def test_a_browser_without_webrtc_is_told_why(playwright: Any, web_server: Server) -> None:
+    no_media = "Object.defineProperty(Navigator.prototype, 'mediaDevices', {get: () => undefined})"
+    browser, page, watch = open_page(playwright, web_server, init_script=no_media)
+    try:
+        page.click("#demo-key")  # a key is there: what fails is the browser
+        page.wait_for_function("document.getElementById('key-status').textContent.includes('demo')")
+        page.click("#talk")
+        wait_state(page, "error")
+        assert "cannot make WebRTC calls" in page.inner_text("#error")
+        assert page.inner_text("#talk") == "Talk"
+        watch.check()
+    finally:
+        browser.close()

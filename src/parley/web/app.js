@@ -209,6 +209,13 @@ async function startCall() {
   const mine = call;
   setState("connecting", "Asking for the microphone…");
   try {
+    if (!navigator.mediaDevices || !window.RTCPeerConnection) {
+      throw new UserError(
+        window.isSecureContext
+          ? "This browser cannot make WebRTC calls."
+          : "Browsers give the microphone only to pages over HTTPS or on this machine: open the page as https://… (behind a TLS proxy) or as http://127.0.0.1.",
+      );
+    }
     mine.mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
