@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 from rich.console import Console
@@ -78,6 +77,6 @@ async def run_keys(args: argparse.Namespace, console: Console) -> int:
                 )
                 console.print(f"revoked {key.id} ({key.prefix}...) of tenant {args.tenant}")
                 if settings.server.redis_url:  # every replica ends its sessions now
-                    heard = asyncio.run(_publish_revocation(settings.server.redis_url, key.id))
+                    heard = await _publish_revocation(settings.server.redis_url, key.id)
                     console.print(f"told {heard} gateway replica(s) through Redis")
     return 0
