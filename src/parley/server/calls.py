@@ -189,7 +189,7 @@ async def _run_call(
         peer.inbound(connection.inbox.put_audio, lambda: input_format(session.config).sample_rate)
     )
     try:
-        await run_session(state, principal, connection)
+        await run_session(state, principal, connection, call.id)
     except Exception:  # one call's failure is that call's alone
         log.exception("webrtc call %s failed", call.id)
     finally:

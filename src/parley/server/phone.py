@@ -104,7 +104,7 @@ class PhoneCall:
         state.metrics.session_opened()  # observability (issue 4)
         tasks = [asyncio.ensure_future(f) for f in feeders]
         try:
-            await run_session(state, self.principal, connection)
+            await run_session(state, self.principal, connection, self.call.id)
         except Exception:  # one call's failure is that call's alone
             log.exception("phone call %s failed", self.call.id)
         finally:

@@ -115,8 +115,11 @@ def open_session(
     )
 
 
-async def run_session(state: AppState, principal: Principal, connection: Connection) -> None:
-    """Serve ``connection`` until its session ends."""
+async def run_session(
+    state: AppState, principal: Principal, connection: Connection, call_id: str | None = None
+) -> None:
+    """Serve ``connection`` until its session ends (``call_id``: the call it carries, which
+    the replicas' registry then names too)."""
     session = connection.session
     bind(session_id=session.id)  # observability (issue 4): this task's and its children's logs
     audit = state.control.audit_append if state.control is not None else None
@@ -129,14 +132,18 @@ async def run_session(state: AppState, principal: Principal, connection: Connect
     try:
         if shared is not None:  # which replica holds it (best effort: it runs regardless)
             with contextlib.suppress(SharedStateUnavailable):
-                await shared.register(session.id, principal.tenant)
+                for entry in (session.id, call_id):
+                    if entry is not None:
+                        await shared.register(entry, principal.tenant)
         async with pipeline:
             await connection.run(lambda: asyncio.ensure_future(_watch(state, principal)))
     finally:
         state.live.pop(connection, None)
         if shared is not None:
             with contextlib.suppress(SharedStateUnavailable):
-                await shared.unregister(session.id)
+                for entry in (session.id, call_id):
+                    if entry is not None:
+                        await shared.unregister(entry)
         if audit is not None:
             route = pipeline.control.route if pipeline.control is not None else ""
             audit("session.closed", tenant=principal.tenant, route=route, **who)
