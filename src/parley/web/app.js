@@ -219,7 +219,7 @@ async function startCall() {
     mine.mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    if (call !== mine) return;
+    if (call !== mine) return teardown(mine); // hung up meanwhile
     mine.ctx = new AudioContext();
     await mine.ctx.resume().catch(() => {});
     mine.micLevel = new Level(mine.ctx, mine.mic, LOUD_RMS);
@@ -243,7 +243,7 @@ async function startCall() {
     await iceGathered(pc, ICE_WAIT_MS);
     const session = sessionConfig(settings);
     mine.token = await callToken(session);
-    if (call !== mine) return;
+    if (call !== mine) return teardown(mine); // hung up meanwhile
     const form = new FormData();
     form.append("sdp", pc.localDescription.sdp);
     form.append("session", JSON.stringify(session));
@@ -258,7 +258,7 @@ async function startCall() {
     const location = response.headers.get("Location") || "";
     mine.callId = location.split("/").filter(Boolean).pop() || null;
     const answer = await response.text();
-    if (call !== mine) return;
+    if (call !== mine) return teardown(mine); // hung up meanwhile
     await pc.setRemoteDescription({ type: "answer", sdp: answer });
     status("Connecting audio…");
   } catch (err) {
@@ -313,8 +313,10 @@ function teardown(c) {
   if (c.micLevel) c.micLevel.close();
   if (c.replyLevel) c.replyLevel.close();
   if (c.ctx) c.ctx.close().catch(() => {});
-  ui.audio.srcObject = null;
-  ui.micLevel.style.width = "0";
+  if (call === null) { // a newer call owns the player and the meter otherwise
+    ui.audio.srcObject = null;
+    ui.micLevel.style.width = "0";
+  }
 }
 
 async function endCall(message = "Call ended.") {
