@@ -2,14 +2,17 @@
 // voice-to-voice latency (the caller's last speech -> the reply's first sound played here).
 //
 // An AnalyserNode holds the newest ~85 ms of a stream; polled every 20 ms, it yields 10 ms
-// blocks stamped on performance.now(). A block is loud when it stands above both a fixed level
-// and the stream's own noise floor, so a noisy room (or a microphone's automatic gain lifting
-// it) does not pass for speech.
+// blocks stamped on performance.now(). A block is loud when it stands above a fixed level, 15 dB
+// above the stream's noise floor, and within 30 dB of its recent peak, so that neither a noisy
+// room nor the room tone after a sentence (which a microphone's automatic gain lifts) passes for
+// speech.
 
 export const BLOCK_MS = 10;
 export const QUIET_MS = 150; // a pause this long ends a stretch of speech
 const ABOVE_FLOOR = 5.6; // 15 dB over the noise floor
 const FLOOR_RISE = 1.0006; // per block: the floor follows rising noise at about 0.5 dB/s
+const BELOW_PEAK = 0.0316; // 30 dB under the recent peak
+const PEAK_FALL = 0.99312; // per block: the peak falls by 6 dB a second
 
 export class Level {
   constructor(ctx, stream, minRms) {
@@ -21,6 +24,7 @@ export class Level {
     this.rate = ctx.sampleRate;
     this.minRms = minRms;
     this.floor = minRms / ABOVE_FLOOR;
+    this.peak = 0;
     this.lastAt = -Infinity;
     this.source.connect(this.analyser);
   }
@@ -38,7 +42,9 @@ export class Level {
       for (let i = start; i < end; i++) sum += this.samples[i] * this.samples[i];
       const rms = Math.sqrt(sum / this.block);
       this.floor = Math.min(this.floor * FLOOR_RISE, Math.max(rms, 1e-5));
-      out.push({ at, rms, loud: rms >= Math.max(this.minRms, this.floor * ABOVE_FLOOR) });
+      this.peak = Math.max(this.peak * PEAK_FALL, rms);
+      const bar = Math.max(this.minRms, this.floor * ABOVE_FLOOR, this.peak * BELOW_PEAK);
+      out.push({ at, rms, loud: rms >= bar });
     }
     if (out.length) this.lastAt = out[out.length - 1].at;
     return out;
