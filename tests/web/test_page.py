@@ -232,3 +232,38 @@ def test_a_browser_without_webrtc_is_told_why(playwright: Any, web_server: Serve
         watch.check()
     finally:
         browser.close()
+
+
+# Keeps every microphone stream the page opens, so a test can see that each was let go.
+RECORD_STREAMS = """
+window.openedStreams = [];
+const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (constraints) => {
+  const stream = await getUserMedia(constraints);
+  window.openedStreams.push(stream);
+  return stream;
+};
+"""
+
+
+def test_hanging_up_while_connecting_lets_the_microphone_go(
+    playwright: Any, web_server: Server, tmp_path: Path
+) -> None:
+    capture, _ = capture_file(tmp_path / "silence.wav", [1.0])
+    browser, page, watch = open_page(
+        playwright, web_server, capture=capture, init_script=RECORD_STREAMS
+    )
+    try:
+        for _ in range(2):
+            page.click("#talk")
+            page.click("#talk")  # at once: the call is still being set up
+            wait_state(page, "ended")
+            page.wait_for_function(
+                "window.openedStreams.length > 0 && window.openedStreams.every("
+                "s => s.getTracks().every(t => t.readyState === 'ended'))",
+                timeout=WAIT_MS,
+            )
+        assert page.inner_text("#talk") == "Talk"
+        watch.check()
+    finally:
+        browser.close()
