@@ -12,14 +12,13 @@ Starts ``parley serve`` (WebRTC on loopback only, the embedded FAQ LLM), then:
 2. WebSocket: the same clips in the same order through ``parley bench realtime``'s caller
    (:mod:`parley.bench.caller`): last speech sample sent -> first reply audio received.
 
-Both sessions are configured alike (server VAD, 500 ms; no input transcription unless
-``--transcription``: with it, Whisper decodes partials during the pause and its final comes
-sooner, which the WebSocket caller, asking for none, does not get). The two clocks differ in
-what they hold: the browser's includes the microphone's processing, Opus both ways, the jitter
-buffer and playout; the WebSocket caller's stops at the socket. Also printed: the server
-process's CPU time (user + system) over each path's run, as a share of one core (the browser's
-run includes starting the page and the call, and the pauses). chromium runs on the same machine
-and takes CPU of its own.
+Both sessions are configured alike (server VAD, 500 ms, the server's voice; no input
+transcription, as the WebSocket caller asks for none, unless ``--transcription``). The two
+clocks differ in what they hold: the browser's includes the way there (microphone processing,
+Opus, the server's jitter buffer) and back (Opus, the browser's jitter buffer, playout); the
+WebSocket caller's stops at the socket. Also printed: the server process's CPU time (user +
+system) over each path's run, as a share of one core (the browser's run includes starting the
+page and the call, and the pauses). chromium runs on the same machine and takes CPU of its own.
 
     python benchmarks/bench_browser.py [--turns 10] [--profile fast|neural] [--gap-s 11]
         [--transcription] [--json OUT]
@@ -204,8 +203,8 @@ def main() -> None:
     parser.add_argument(
         "--transcription",
         action="store_true",
-        help="let the page ask for transcription (the WebSocket caller does not: off by "
-        "default, so both sessions are configured alike)",
+        help="let the page ask for input transcription (the WebSocket caller does not: off "
+        "by default, so both sessions are configured alike)",
     )
     parser.add_argument("--json", type=Path, help="write every turn here")
     args = parser.parse_args()
@@ -264,8 +263,8 @@ def main() -> None:
     )
     print()
     print(
-        "client side = voice-to-voice minus the server's turn_gap (browser: Opus, network, "
-        "jitter buffer and playout; WebSocket: socket and JSON)."
+        "client side = voice-to-voice minus the server's turn_gap (browser: the way there and "
+        "back, Opus, jitter buffers and playout; WebSocket: the socket and JSON)."
     )
     if interrupted:
         print(f"note: {interrupted} browser turn(s) were interrupted: raise --gap-s")
