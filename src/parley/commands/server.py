@@ -51,6 +51,14 @@ async def run_serve(args: argparse.Namespace, console: Console) -> int:
     port = settings.server.port if args.port is None else args.port
     engines = build_engines(settings)
     await warm_up(engines)
+    if settings.engines.backend == "ray":  # ASR and TTS on Ray Serve, shared by gateways
+        from parley.engines.ray_serve import remote_engines
+
+        engines = await remote_engines(settings, engines)
+        console.print(
+            f"engines: ASR and TTS on Ray Serve ({settings.engines.address}, application "
+            f"{settings.engines.app_name})"
+        )
     policy, named = None, {}
     if settings.policy.file is not None:  # routes, failover, prices (docs/policy.md)
         policy = load_policy(settings.policy.file)
@@ -139,4 +147,8 @@ async def run_serve(args: argparse.Namespace, console: Console) -> int:
         await server.serve()
     finally:
         database.close()
+        if settings.engines.backend == "ray":
+            from parley.engines.ray_serve import close_remote_engines
+
+            await close_remote_engines(engines)
     return 0 if server.started else EXIT_ERROR
