@@ -439,7 +439,12 @@ def load_settings(
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     tree = _merge(tree, _env_tree(os.environ if env is None else env))
     for dotted, value in (overrides or {}).items():
-        parsed = _parse_value(value) if isinstance(value, str) else value
+        field_name = dotted.rsplit(".", 1)[-1]
+        parsed = (
+            _parse_value(value)
+            if isinstance(value, str) and field_name not in _STRING_FIELDS
+            else value
+        )
         _set_path(tree, dotted.split("."), parsed)
     try:
         return Settings.model_validate(tree)
