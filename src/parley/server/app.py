@@ -45,19 +45,23 @@ from parley.server.auth import (
 )
 from parley.server.calls import call_routes
 from parley.server.costs import costs_route
+from parley.server.limits import Gate
 from parley.server.memory import Trimmer
 from parley.server.metrics import Metrics
 from parley.server.openai_errors import error_response
 from parley.server.openapi import openapi_document
 from parley.server.rest import rest_routes
-from parley.server.sessions import check_config, serve_realtime
+from parley.server.sessions import check_config, end_revoked, serve_realtime
+from parley.server.sip import sip_lifespan
 from parley.server.state import AppState
 from parley.server.tracing import TurnTracer
+from parley.server.twilio import twilio_routes
 from parley.server.voices import voice_routes
 from parley.server.watermark import watermark_route
 from parley.server.web import web_routes
 from parley.store import Database
 from parley.store.keys import KeyStore
+from parley.store.shared import RevocationWatch, SharedState, SharedStateUnavailable
 from parley.transports.webrtc import restrict_host_addresses
 from parley.trust.audit import AuditLog
 from parley.trust.cloning import VoiceCloner
@@ -144,6 +148,13 @@ def create_app(
         watermark_key=watermark_key,
         cloner=cloner,
     )
+    if settings.server.redis_url:  # several replicas: limits and revocations shared (issue 17)
+        shared = SharedState.from_url(
+            settings.server.redis_url,
+            replica_url=settings.server.replica_url
+            or f"http://{settings.server.host}:{settings.server.port}",
+        )
+        state.gate = Gate(state.limiter, shared)
 
     async def healthz(request: Request) -> JSONResponse:
         # "degraded": serving with less capacity (a recogniser worker restarting); "down": an
@@ -181,12 +192,18 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         checkpoints = asyncio.ensure_future(_checkpoints(audit)) if audit is not None else None
-        yield
+        watch = await _watch_revocations(state)
+        async with sip_lifespan(state):  # SIP calls (issue 16)
+            yield
+        if watch is not None:
+            await watch.stop()
         if checkpoints is not None:
             checkpoints.cancel()
         if audit is not None:  # the last records are covered by a signed checkpoint
             await asyncio.to_thread(audit.checkpoint)
         await trimmer.aclose()
+        if state.gate.shared is not None:
+            await state.gate.shared.aclose()
         for call in list(state.calls.values()):  # WebRTC calls end with the server
             call.hangup()
         # uvicorn has sent every open WebSocket a close frame by now; let their sessions end.
@@ -237,6 +254,7 @@ def create_app(
                 else []
             ),
             *call_routes(state),  # WebRTC: POST /v1/realtime/calls (issue 15)
+            *twilio_routes(state),
             *web_routes(state),  # the page at / (issue 15)
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
@@ -246,7 +264,7 @@ def create_app(
             Middleware(
                 AuthMiddleware,
                 keys=keys,
-                limiter=state.limiter,
+                limiter=state.gate,
                 metrics_token=settings.server.metrics_token,
                 admin_token=settings.server.admin_token,
             )
@@ -255,6 +273,19 @@ def create_app(
     )
     app.state.parley = state
     return app
+
+
+async def _watch_revocations(state: AppState) -> RevocationWatch | None:
+    """With shared state, a key revoked on any replica ends its sessions here at once (the
+    database is still polled every server.revocation_check_s, should a message be lost)."""
+    shared = state.gate.shared
+    if shared is None:
+        return None
+    try:
+        return await shared.watch_revocations(functools.partial(end_revoked, state))
+    except SharedStateUnavailable:
+        log.warning("shared state unreachable at start: revocations are polled only")
+        return None
 
 
 async def _checkpoints(audit: AuditLog, every_s: float = 60.0) -> None:
