@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_webrtc import CLIP, WsCaller, _pct, _tree_cpu_s, _trimmed  # noqa: E402
+from bench_webrtc import CLIP, _trimmed, report, sweep, ws_gaps  # noqa: E402
 from tests.fakes.llm_http import free_port  # noqa: E402
-from tests.server.conftest import start_server, stop_server  # noqa: E402
+from tests.server.conftest import Server, start_server  # noqa: E402
 from tests.telephony.sip_caller import SipPhone  # noqa: E402
 
 from parley.audio.files import read_audio  # noqa: E402
@@ -70,18 +69,30 @@ async def _sip_call(sip_port: int, seconds: float, clip: Path | None) -> list[fl
     return gaps
 
 
+_SIP_PORTS: dict[int, int] = {}  # a server's HTTP port -> its SIP port
+
+
 async def _phase(
-    transport: str, port: int, sip_port: int, calls: int, seconds: float, clip: Path | None
+    transport: str, server: Server, calls: int, seconds: float, clip: Path | None
 ) -> list[float]:
-    if transport == "sip":
-        results = await asyncio.gather(*(_sip_call(sip_port, seconds, clip) for _ in range(calls)))
-        return [g for gaps in results for g in gaps]
-    callers = [
-        WsCaller(f"ws://127.0.0.1:{port}/v1/realtime?parley_timeline=1") for _ in range(calls)
-    ]
-    trimmed = _trimmed(read_audio(clip)) if clip is not None else None
-    await asyncio.gather(*(c.run(seconds, trimmed) for c in callers))
-    return [g for c in callers for g in c.gaps]
+    if transport != "sip":
+        trimmed = _trimmed(read_audio(clip)) if clip is not None else None
+        return await ws_gaps(server.port, calls, seconds, trimmed)
+    sip_port = _SIP_PORTS[server.port]
+    results = await asyncio.gather(*(_sip_call(sip_port, seconds, clip) for _ in range(calls)))
+    return [g for gaps in results for g in gaps]
+
+
+def _start(tmp: Path) -> Server:
+    sip_port = free_port()
+    server = start_server(
+        tmp,
+        *("--set", f"telephony.sip_listen=127.0.0.1:{sip_port}"),
+        *("--set", "telephony.tenant=default"),
+        env={"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"},
+    )
+    _SIP_PORTS[server.port] = sip_port
+    return server
 
 
 async def main() -> None:
@@ -96,57 +107,7 @@ async def main() -> None:
     # The clip ends on speech: its last sample is the end of the turn. The phone speaks 8 kHz.
     clip = tmp / "clip-8k.wav"
     sf.write(clip, resample(_trimmed(read_audio(CLIP)), 8000).samples, 8000, subtype="PCM_16")
-    rows = []
-    for calls in args.calls:
-        for transport in args.transports:
-            for phase in args.phases:
-                sip_port = free_port()
-                server = start_server(
-                    tmp,
-                    *("--set", f"telephony.sip_listen=127.0.0.1:{sip_port}"),
-                    *("--set", "telephony.tenant=default"),
-                    env={"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"},
-                )
-                try:
-                    cpu0, t0 = _tree_cpu_s(server.process.pid), time.monotonic()
-                    gaps = await _phase(
-                        transport,
-                        server.port,
-                        sip_port,
-                        calls,
-                        args.seconds,
-                        clip if phase == "talk" else None,
-                    )
-                    cores = (_tree_cpu_s(server.process.pid) - cpu0) / (time.monotonic() - t0)
-                finally:
-                    stop_server(server)
-                rows.append((calls, transport, phase, cores, gaps))
-                print(
-                    f"{calls} x {transport} {phase}: {cores:.3f} cores "
-                    f"({cores / calls:.3f} per call); gaps {len(gaps)}",
-                    flush=True,
-                )
-    print()
-    print("| calls | transport | phase | cores | per call | calls/core | turns | gap p50 | p90 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for calls, transport, phase, cores, gaps in rows:
-        p50, p90 = _pct(gaps, 50), _pct(gaps, 90)
-        per = cores / calls
-        print(
-            f"| {calls} | {transport} | {phase} | {cores:.3f} | {per:.3f} | "
-            f"{1 / per if per else float('inf'):.0f} | {len(gaps)} | "
-            + (
-                f"{p50 * 1000:.0f} ms | {p90 * 1000:.0f} ms |"
-                if p50 is not None and p90 is not None
-                else "- | - |"
-            )
-        )
-    medians = {
-        t: statistics.median(g for r in rows if r[1] == t for g in r[4])
-        for t in ("websocket", "sip")
-        if any(r[4] for r in rows if r[1] == t)
-    }
-    print("\nmedian turn gap by transport:", {k: f"{v * 1000:.0f} ms" for k, v in medians.items()})
+    report(await sweep(args, lambda: _start(tmp), _phase, clip))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_webrtc import CLIP, WsCaller, _pct, _tree_cpu_s, _trimmed  # noqa: E402
-from tests.server.conftest import start_server, stop_server  # noqa: E402
+from bench_webrtc import CLIP, _trimmed, report, sweep, ws_gaps  # noqa: E402
+from tests.server.conftest import Server, start_server  # noqa: E402
 from tests.telephony.twilio_caller import TwilioCaller  # noqa: E402
 
 from parley.audio.files import read_audio  # noqa: E402
@@ -95,17 +94,13 @@ async def _twilio_call(base: str, seconds: float, clip: Frame | None) -> list[fl
 
 
 async def _phase(
-    transport: str, port: int, calls: int, seconds: float, clip: Frame | None
+    transport: str, server: Server, calls: int, seconds: float, clip: Frame | None
 ) -> list[float]:
-    if transport == "twilio":
-        base = f"http://127.0.0.1:{port}"
-        results = await asyncio.gather(*(_twilio_call(base, seconds, clip) for _ in range(calls)))
-        return [g for gaps in results for g in gaps]
-    callers = [
-        WsCaller(f"ws://127.0.0.1:{port}/v1/realtime?parley_timeline=1") for _ in range(calls)
-    ]
-    await asyncio.gather(*(c.run(seconds, clip) for c in callers))
-    return [g for c in callers for g in c.gaps]
+    if transport != "twilio":
+        return await ws_gaps(server.port, calls, seconds, clip)
+    base = f"http://127.0.0.1:{server.port}"
+    results = await asyncio.gather(*(_twilio_call(base, seconds, clip) for _ in range(calls)))
+    return [g for gaps in results for g in gaps]
 
 
 async def main() -> None:
@@ -118,57 +113,9 @@ async def main() -> None:
     clip = _trimmed(read_audio(CLIP))
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-twilio-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for calls in args.calls:
-        for transport in args.transports:
-            for phase in args.phases:
-                server = start_server(
-                    tmp,
-                    *("--set", f"telephony.twilio_auth_token={TOKEN}"),
-                    env={"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"},
-                )
-                try:
-                    cpu0, t0 = _tree_cpu_s(server.process.pid), time.monotonic()
-                    gaps = await _phase(
-                        transport,
-                        server.port,
-                        calls,
-                        args.seconds,
-                        clip if phase == "talk" else None,
-                    )
-                    cores = (_tree_cpu_s(server.process.pid) - cpu0) / (time.monotonic() - t0)
-                finally:
-                    stop_server(server)
-                rows.append((calls, transport, phase, cores, gaps))
-                print(
-                    f"{calls} x {transport} {phase}: {cores:.3f} cores "
-                    f"({cores / calls:.3f} per call); gaps {len(gaps)}",
-                    flush=True,
-                )
-    print()
-    print("| calls | transport | phase | cores | per call | calls/core | turns | gap p50 | p90 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for calls, transport, phase, cores, gaps in rows:
-        p50, p90 = _pct(gaps, 50), _pct(gaps, 90)
-        per = cores / calls
-        print(
-            f"| {calls} | {transport} | {phase} | {cores:.3f} | {per:.3f} | "
-            f"{1 / per if per else float('inf'):.0f} | {len(gaps)} | "
-            + (
-                f"{p50 * 1000:.0f} ms | {p90 * 1000:.0f} ms |"
-                if p50 is not None and p90 is not None
-                else "- | - |"
-            )
-        )
-    medians = {
-        t: statistics.median(g for r in rows if r[1] == t for g in r[4])
-        for t in ("websocket", "twilio")
-        if any(r[4] for r in rows if r[1] == t)
-    }
-    if medians:
-        print(
-            "\nmedian turn gap by transport:", {k: f"{v * 1000:.0f} ms" for k, v in medians.items()}
-        )
+    flags = ("--set", f"telephony.twilio_auth_token={TOKEN}")
+    env = {"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"}
+    report(await sweep(args, lambda: start_server(tmp, *flags, env=env), _phase, clip))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.server.conftest import start_server, stop_server  # noqa: E402
+from tests.server.conftest import Server, start_server, stop_server  # noqa: E402
 from tests.transports.rtc_client import RtcCaller  # noqa: E402
 
 from parley.audio.files import read_audio  # noqa: E402
@@ -161,17 +162,83 @@ async def _rtc_call(base_url: str, seconds: float, clip: Frame | None) -> list[f
     return gaps
 
 
-async def _phase(
-    transport: str, base_url: str, port: int, calls: int, seconds: float, clip: Frame | None
-) -> list[float]:
-    if transport == "webrtc":
-        results = await asyncio.gather(*(_rtc_call(base_url, seconds, clip) for _ in range(calls)))
-        return [g for gaps in results for g in gaps]
+async def ws_gaps(port: int, calls: int, seconds: float, clip: Frame | None) -> list[float]:
+    """``calls`` WebSocket callers on the server at ``port`` for ``seconds``: their turn gaps."""
     callers = [
         WsCaller(f"ws://127.0.0.1:{port}/v1/realtime?parley_timeline=1") for _ in range(calls)
     ]
     await asyncio.gather(*(c.run(seconds, clip) for c in callers))
     return [g for c in callers for g in c.gaps]
+
+
+async def _phase(
+    transport: str, server: Server, calls: int, seconds: float, clip: Frame | None
+) -> list[float]:
+    if transport != "webrtc":
+        return await ws_gaps(server.port, calls, seconds, clip)
+    results = await asyncio.gather(
+        *(_rtc_call(server.base_url, seconds, clip) for _ in range(calls))
+    )
+    return [g for gaps in results for g in gaps]
+
+
+Row = tuple[int, str, str, float, list[float]]  # calls, transport, phase, cores, gaps
+# (transport, server, calls, seconds, what the callers say or None) -> turn gaps
+Phase = Callable[[str, Server, int, float, Any], Awaitable[list[float]]]
+
+
+async def sweep(
+    args: argparse.Namespace, start: Callable[[], Server], phase: Phase, clip: Any
+) -> list[Row]:
+    """Each number of calls x transport x phase against a fresh server from ``start``: the
+    server's cores over the phase and the callers' turn gaps."""
+    rows: list[Row] = []
+    for calls in args.calls:
+        for transport in args.transports:
+            for name in args.phases:
+                server = start()
+                try:
+                    cpu0, t0 = _tree_cpu_s(server.process.pid), time.monotonic()
+                    said = clip if name == "talk" else None
+                    gaps = await phase(transport, server, calls, args.seconds, said)
+                    cores = (_tree_cpu_s(server.process.pid) - cpu0) / (time.monotonic() - t0)
+                finally:
+                    stop_server(server)
+                rows.append((calls, transport, name, cores, gaps))
+                print(
+                    f"{calls} x {transport} {name}: {cores:.3f} cores "
+                    f"({cores / calls:.3f} per call); gaps {len(gaps)}",
+                    flush=True,
+                )
+    return rows
+
+
+def report(rows: list[Row]) -> None:
+    """The markdown table of :func:`sweep`'s rows, and the median gap by transport."""
+    print()
+    print("| calls | transport | phase | cores | per call | calls/core | turns | gap p50 | p90 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for calls, transport, phase, cores, gaps in rows:
+        p50, p90 = _pct(gaps, 50), _pct(gaps, 90)
+        per = cores / calls
+        print(
+            f"| {calls} | {transport} | {phase} | {cores:.3f} | {per:.3f} | "
+            f"{1 / per if per else float('inf'):.0f} | {len(gaps)} | "
+            + (
+                f"{p50 * 1000:.0f} ms | {p90 * 1000:.0f} ms |"
+                if p50 is not None and p90 is not None
+                else "- | - |"
+            )
+        )
+    medians = {
+        transport: statistics.median(g for r in rows if r[1] == transport for g in r[4])
+        for transport in dict.fromkeys(r[1] for r in rows)
+        if any(r[4] for r in rows if r[1] == transport)
+    }
+    if medians:
+        print(
+            "\nmedian turn gap by transport:", {k: f"{v * 1000:.0f} ms" for k, v in medians.items()}
+        )
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -193,61 +260,12 @@ async def main() -> None:
     clip = _trimmed(read_audio(CLIP))
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-webrtc-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for calls in args.calls:
-        for transport in args.transports:
-            for phase in args.phases:
-                server = start_server(
-                    tmp,
-                    "--set",
-                    'webrtc.host_addresses=["127.0.0.1"]',
-                    "--set",
-                    f"webrtc.jitter_buffer_packets={args.jitter}",
-                    env={"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"},
-                )
-                try:
-                    cpu0, t0 = _tree_cpu_s(server.process.pid), time.monotonic()
-                    gaps = await _phase(
-                        transport,
-                        server.base_url,
-                        server.port,
-                        calls,
-                        args.seconds,
-                        clip if phase == "talk" else None,
-                    )
-                    cores = (_tree_cpu_s(server.process.pid) - cpu0) / (time.monotonic() - t0)
-                finally:
-                    stop_server(server)
-                rows.append((calls, transport, phase, cores, gaps))
-                print(
-                    f"{calls} x {transport} {phase}: {cores:.3f} cores "
-                    f"({cores / calls:.3f} per call); gaps {len(gaps)}",
-                    flush=True,
-                )
-    print()
-    print("| calls | transport | phase | cores | per call | calls/core | turns | gap p50 | p90 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for calls, transport, phase, cores, gaps in rows:
-        p50, p90 = _pct(gaps, 50), _pct(gaps, 90)
-        per = cores / calls
-        print(
-            f"| {calls} | {transport} | {phase} | {cores:.3f} | {per:.3f} | "
-            f"{1 / per if per else float('inf'):.0f} | {len(gaps)} | "
-            + (
-                f"{p50 * 1000:.0f} ms | {p90 * 1000:.0f} ms |"
-                if p50 is not None and p90 is not None
-                else "- | - |"
-            )
-        )
-    if any(gaps for *_, gaps in rows):
-        medians = {
-            t: statistics.median(g for r in rows if r[1] == t for g in r[4])
-            for t in ("websocket", "webrtc")
-            if any(r[4] for r in rows if r[1] == t)
-        }
-        print(
-            "\nmedian turn gap by transport:", {k: f"{v * 1000:.0f} ms" for k, v in medians.items()}
-        )
+    flags = [
+        *("--set", 'webrtc.host_addresses=["127.0.0.1"]'),
+        *("--set", f"webrtc.jitter_buffer_packets={args.jitter}"),
+    ]
+    env = {"PARLEY_LLM_BASE_URL": "", "PARLEY_PROFILE": "fast"}
+    report(await sweep(args, lambda: start_server(tmp, *flags, env=env), _phase, clip))
 
 
 if __name__ == "__main__":
