@@ -198,6 +198,8 @@ def test_server_without_keys_or_metering_shapes_the_page(
     )
     try:
         assert page.is_visible("#key-panel") and page.is_hidden("#demo-key")
+        # The Quick start's server: the page says how to get a key.
+        assert "parley keys create" in page.inner_text("#key-howto")
         assert page.is_visible("#cost")
         assert "$0.0000" in page.inner_text("#cost")
         assert page.locator("body[data-state=idle]").count() == 1

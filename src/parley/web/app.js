@@ -130,6 +130,7 @@ async function loadConfig() {
   if (turn) turn.checked = true;
   ui.keyPanel.hidden = !config.auth;
   ui.demoRow.hidden = !config.demo_key;
+  $("key-howto").hidden = Boolean(config.demo_key);
   ui.cost.hidden = !config.metering;
   updateSendTurn();
   updateKeyStatus();
